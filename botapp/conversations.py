@@ -1,0 +1,537 @@
+"""The funnel: one user message in, one persisted and priced assistant answer out, for every channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from botapp import llm
+from botapp.models import (
+    Bot,
+    Channel,
+    Conversation,
+    Message,
+    MessageStatus,
+    Persona,
+    Role,
+    UsageKind,
+    UsageRecord,
+    UsageStatus,
+)
+from botapp.usage import budget_refusal, price_in_force, profile_for, usage_record_create
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROMPT = "You are Jarvis, a helpful, concise assistant."
+# How many recent messages are read to fill the window; more than this never fits a sane budget.
+CONTEXT_SCAN_LIMIT = 400
+IN_CONTEXT = (MessageStatus.COMPLETE, MessageStatus.INCOMPLETE)
+
+DeltaCallback = Callable[[str, str], Awaitable[None]]
+
+
+class ReplyError(Exception):
+    """No (complete) answer; `str(error)` is the sentence to show the person."""
+
+
+class ReplyRefused(ReplyError):
+    """Refused before calling the model: bad input, a blocked person, a spent budget, a message too long."""
+
+
+class ReplyFailed(ReplyError):
+    """The model call failed or broke off; what was stored says what happened."""
+
+    def __init__(self, message: str, *, partial: str = "") -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class Turn:
+    """A stored user message and the pending answer that reserves its place in the conversation."""
+
+    conversation: Conversation
+    user_message: Message
+    reply: Message
+
+
+@dataclass
+class Reply:
+    message: Message
+    usage: UsageRecord | None
+    text: str
+
+
+# --- Writing the question down --------------------------------------------------------------------
+
+
+def validate_text(text: str, *, has_attachments: bool = False) -> str:
+    """The text to store, or ReplyRefused with a sentence when there is nothing usable."""
+    if not (text or "").strip() and not has_attachments:
+        raise ReplyRefused(_("Your message is empty. Write something and send it again."))
+    return text or ""
+
+
+def turn_accept(
+    *,
+    conversation: Conversation,
+    text: str,
+    sender: AbstractBaseUser | None = None,
+    attachments: Sequence[dict[str, Any]] = (),
+    telegram_message_id: int | None = None,
+) -> Turn:
+    """Store the user's message and a pending answer in one transaction, before anything can fail."""
+    text = validate_text(text, has_attachments=bool(attachments))
+    model = conversation.effective_model
+    now = timezone.now()
+    with transaction.atomic():
+        user_message = Message.objects.create(
+            conversation=conversation,
+            role=Role.USER,
+            sender=sender or conversation.user,
+            content=text,
+            attachments=list(attachments),
+            token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
+            telegram_message_id=telegram_message_id,
+            created_at=now,
+        )
+        reply = Message.objects.create(
+            conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
+        )
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    return Turn(conversation=conversation, user_message=user_message, reply=reply)
+
+
+def turn_retry(*, conversation: Conversation) -> Turn:
+    """A new answer to the last question: the previous answer leaves the context but stays on record."""
+    with transaction.atomic():
+        last_user = conversation.messages.filter(role=Role.USER).order_by("-id").first()
+        if last_user is None:
+            raise ReplyRefused(_("There is nothing to answer again yet."))
+        conversation.messages.filter(role=Role.ASSISTANT, id__gt=last_user.id).exclude(
+            status=MessageStatus.PENDING
+        ).update(status=MessageStatus.SUPERSEDED)
+        if last_user.status != MessageStatus.COMPLETE:
+            last_user.status, last_user.error = MessageStatus.COMPLETE, ""
+            last_user.save(update_fields=["status", "error"])
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Role.ASSISTANT,
+            status=MessageStatus.PENDING,
+            model=conversation.effective_model,
+        )
+    return Turn(conversation=conversation, user_message=last_user, reply=reply)
+
+
+def turn_for_pending_reply(reply: Message) -> Turn:
+    """Rebuild the turn of an answer left pending (for example by a crash), to answer it now."""
+    conversation = Conversation.objects.select_related("persona", "bot", "user").get(pk=reply.conversation_id)
+    user_message = conversation.messages.filter(role=Role.USER, id__lt=reply.id).order_by("-id").first()
+    if user_message is None:
+        raise ReplyRefused(_("There is nothing to answer."))
+    return Turn(conversation=conversation, user_message=user_message, reply=reply)
+
+
+# --- Building the context -----------------------------------------------------------------------
+
+
+def _persona(conversation: Conversation) -> Persona | None:
+    if conversation.persona_id is None:
+        return Persona.objects.filter(name="Jarvis").first()
+    return conversation.persona
+
+
+def context_budget(*, model: str, max_output_tokens: int) -> int:
+    """Tokens the request may take: the model's window less room for the answer, capped by the setting."""
+    price = price_in_force(model=model)
+    budget = settings.CONTEXT_TOKEN_BUDGET
+    if price is not None and price.context_window:
+        budget = min(budget, price.context_window - max_output_tokens)
+    return max(budget, 0)
+
+
+def _as_chat_message(message: Message, *, with_images: bool) -> dict[str, Any]:
+    if not message.attachments:
+        return {"role": message.role, "content": message.content}
+    if not with_images:
+        note = _("[%(count)d image(s) sent earlier]") % {"count": len(message.attachments)}
+        return {"role": message.role, "content": f"{message.content}\n{note}".strip()}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    for attachment in message.attachments:
+        parts.append({"type": "image_url", "image_url": {"url": attachment["url"], "detail": "low"}})
+    return {"role": message.role, "content": parts}
+
+
+@dataclass
+class Context:
+    messages: list[dict[str, Any]]
+    model: str
+    temperature: float | None
+    max_output_tokens: int
+    input_tokens: int
+
+
+def context_build(turn: Turn) -> Context:
+    """System prompt, summary, then as many of the latest messages as fit, oldest first.
+
+    The newest messages win; the system prompt is never cut; a question that alone does not fit is refused.
+    """
+    conversation = turn.conversation
+    persona = _persona(conversation)
+    model = conversation.effective_model
+    max_output = persona.max_output_tokens if persona else 1024
+    head = [{"role": "system", "content": persona.system_prompt if persona else DEFAULT_SYSTEM_PROMPT}]
+    if conversation.summary:
+        head.append(
+            {"role": "system", "content": _("Summary of the earlier conversation:") + "\n" + conversation.summary}
+        )
+    budget = context_budget(model=model, max_output_tokens=max_output)
+    used = llm.count_message_tokens(head, model=model)
+    rows = (
+        Message.objects.filter(
+            conversation_id=conversation.pk,
+            id__lt=turn.reply.id,
+            id__gt=conversation.summary_until_id or 0,
+            role__in=(Role.USER, Role.ASSISTANT),
+            status__in=IN_CONTEXT,
+        )
+        .only("id", "role", "content", "attachments", "token_count")
+        .order_by("-id")[:CONTEXT_SCAN_LIMIT]
+    )
+    picked: list[Message] = []
+    for row in rows:
+        cost = row.token_count + llm.TOKENS_PER_MESSAGE
+        if used + cost > budget:
+            break
+        picked.append(row)
+        used += cost
+    if not picked or picked[0].id != turn.user_message.id:
+        limit = max(budget - llm.count_message_tokens(head, model=model), 0)
+        raise ReplyRefused(
+            _(
+                "Your message is too long for the model: it is about %(tokens)d tokens and at most %(limit)d fit. "
+                "Please shorten it or send it in parts."
+            )
+            % {"tokens": turn.user_message.token_count, "limit": limit}
+        )
+    history = [_as_chat_message(m, with_images=m.id == turn.user_message.id) for m in reversed(picked)]
+    return Context(
+        messages=head + history,
+        model=model,
+        temperature=float(persona.temperature) if persona else None,
+        max_output_tokens=max_output,
+        input_tokens=used,
+    )
+
+
+# --- Answering ----------------------------------------------------------------------------------
+
+# One lock per conversation: answers in a conversation never interleave; conversations run side by side.
+_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _lock_for(conversation_id: int) -> asyncio.Lock:
+    lock = _locks.get(conversation_id)
+    if lock is None:
+        lock = asyncio.Lock()
+        _locks[conversation_id] = lock
+    return lock
+
+
+def _refuse(turn: Turn, sentence: str) -> None:
+    with transaction.atomic():
+        Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=sentence)
+        Message.objects.filter(pk=turn.reply.pk).update(status=MessageStatus.FAILED, error=sentence)
+
+
+def _check_and_build(turn: Turn) -> Context:
+    # A background job may have summarised the conversation since the turn was read.
+    turn.conversation.refresh_from_db(fields=["summary", "summary_until_id", "persona", "model"])
+    sender = turn.user_message.sender or turn.conversation.user
+    if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:
+        raise ReplyRefused(
+            _("Your message is %(length)d characters long; Jarvis accepts at most %(limit)d. Please shorten it.")
+            % {"length": len(turn.user_message.content), "limit": settings.MAX_MESSAGE_CHARS}
+        )
+    if profile_for(sender).is_blocked or not sender.is_active:
+        raise ReplyRefused(_("Sorry, you are not allowed to use Jarvis. Please contact an admin."))
+    refusal = budget_refusal(user=sender)
+    if refusal:
+        raise ReplyRefused(refusal)
+    return context_build(turn)
+
+
+def _store_answer(
+    turn: Turn,
+    *,
+    context: Context,
+    text: str,
+    usage: llm.Usage | None,
+    status: str,
+    latency_ms: int,
+    error: str = "",
+) -> UsageRecord | None:
+    """Record the answer and its ledger row together: nothing spent goes unrecorded, nothing twice."""
+    model = context.model
+    estimated = usage is None
+    if estimated:
+        usage = llm.Usage(
+            input_tokens=context.input_tokens, output_tokens=llm.count_tokens(text, model=model), model=model
+        )
+    reply = turn.reply
+    reply.content = text
+    reply.status = status
+    reply.error = error
+    reply.model = model
+    reply.input_tokens = usage.input_tokens
+    reply.output_tokens = usage.output_tokens
+    reply.token_count = llm.count_tokens(text, model=model)
+    reply.latency_ms = latency_ms
+    reply.created_at = timezone.now()
+    sender = turn.user_message.sender or turn.conversation.user
+    charged = not (estimated and not text and status == MessageStatus.FAILED)
+    with transaction.atomic():
+        reply.save(
+            update_fields=[
+                "content",
+                "status",
+                "error",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "token_count",
+                "latency_ms",
+                "created_at",
+            ]
+        )
+        if status == MessageStatus.FAILED and not text:
+            Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
+        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at)
+        if not charged:
+            return None
+        return usage_record_create(
+            user=sender,
+            kind=UsageKind.CHAT,
+            model=model,
+            channel=turn.conversation.channel,
+            conversation=turn.conversation,
+            message=reply,
+            bot=turn.conversation.bot,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+            status=UsageStatus.COMPLETE if status == MessageStatus.COMPLETE else UsageStatus.INCOMPLETE,
+            estimated=estimated,
+        )
+
+
+async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> Reply:
+    """Answer a stored turn: check, build the context, stream, store and price. Raises ReplyError."""
+    async with _lock_for(turn.conversation.pk):
+        try:
+            context = await sync_to_async(_check_and_build)(turn)
+        except ReplyRefused as refusal:
+            await sync_to_async(_refuse)(turn, str(refusal))
+            raise
+        parts: list[str] = []
+        usage: llm.Usage | None = None
+        started = time.monotonic()
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        async def store(**kwargs: Any) -> UsageRecord | None:
+            # Shielded: a second cancellation must not lose what was already spent.
+            return await asyncio.shield(
+                sync_to_async(_store_answer)(turn, context=context, latency_ms=elapsed_ms(), **kwargs)
+            )
+
+        try:
+            async for item in llm.chat_stream(
+                messages=context.messages,
+                model=context.model,
+                temperature=context.temperature,
+                max_tokens=context.max_output_tokens,
+            ):
+                if isinstance(item, llm.Usage):
+                    usage = item
+                    continue
+                parts.append(item)
+                if on_delta is not None:
+                    await on_delta(item, "".join(parts))
+        except asyncio.CancelledError:
+            text = "".join(parts)
+            logger.info("Answer in conversation %s stopped after %d characters", turn.conversation.pk, len(text))
+            await store(text=text, usage=usage, status=MessageStatus.INCOMPLETE, error=_("Stopped."))
+            raise
+        except llm.LLMError as exc:
+            text = "".join(parts)
+            logger.warning("Model call failed in conversation %s: %s", turn.conversation.pk, exc.__class__.__name__)
+            status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
+            await store(text=text, usage=usage, status=status, error=str(exc))
+            raise ReplyFailed(str(exc), partial=text) from exc
+        text = "".join(parts)
+        record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
+        await sync_to_async(turn.reply.refresh_from_db)()
+        return Reply(message=turn.reply, usage=record, text=text)
+
+
+async def conversation_reply(
+    *,
+    conversation: Conversation,
+    text: str,
+    sender: AbstractBaseUser | None = None,
+    attachments: Sequence[dict[str, Any]] = (),
+    telegram_message_id: int | None = None,
+    on_delta: DeltaCallback | None = None,
+) -> Reply:
+    """Store what the person said, then answer it. `on_delta(delta, text_so_far)` sees the answer grow."""
+    turn = await sync_to_async(turn_accept)(
+        conversation=conversation,
+        text=text,
+        sender=sender,
+        attachments=attachments,
+        telegram_message_id=telegram_message_id,
+    )
+    return await turn_answer(turn, on_delta=on_delta)
+
+
+@dataclass
+class StreamEnd:
+    """The last item of `turn_answer_stream`: the stored answer, or the error sentence."""
+
+    reply: Reply | None = None
+    error: ReplyError | None = None
+
+
+async def turn_answer_stream(turn: Turn) -> AsyncIterator[str | StreamEnd]:
+    """`turn_answer` as an async iterator of deltas ending with a `StreamEnd`; closing it early stops the answer."""
+    queue: asyncio.Queue[str | StreamEnd] = asyncio.Queue()
+
+    async def on_delta(delta: str, _text: str) -> None:
+        await queue.put(delta)
+
+    async def run() -> None:
+        try:
+            reply = await turn_answer(turn, on_delta=on_delta)
+        except ReplyError as exc:
+            await queue.put(StreamEnd(error=exc))
+        else:
+            await queue.put(StreamEnd(reply=reply))
+
+    task = asyncio.create_task(run())
+    try:
+        while True:
+            item = await queue.get()
+            yield item
+            if isinstance(item, StreamEnd):
+                break
+    finally:
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+# --- Conversations ------------------------------------------------------------------------------
+
+
+def conversation_start(
+    *,
+    user: AbstractBaseUser,
+    channel: str,
+    bot: Bot | None = None,
+    telegram_chat_id: int | None = None,
+    persona: Persona | None = None,
+    title: str = "",
+) -> Conversation:
+    """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept)."""
+    if persona is None:
+        persona = bot.default_persona if bot is not None and bot.default_persona_id else None
+    if persona is None:
+        persona = Persona.objects.filter(name="Jarvis").first()
+    with transaction.atomic():
+        if telegram_chat_id is not None:
+            Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(
+                is_active=False
+            )
+        return Conversation.objects.create(
+            user=user, channel=channel, bot=bot, telegram_chat_id=telegram_chat_id, persona=persona, title=title
+        )
+
+
+def conversation_for_chat(*, bot: Bot, telegram_chat_id: int, user: AbstractBaseUser) -> Conversation:
+    """The active conversation of a Telegram chat, started on first contact."""
+    conversation = (
+        Conversation.objects.select_related("persona", "bot", "user")
+        .filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True)
+        .first()
+    )
+    if conversation is not None:
+        return conversation
+    try:
+        return conversation_start(user=user, channel=Channel.TELEGRAM, bot=bot, telegram_chat_id=telegram_chat_id)
+    except IntegrityError:
+        # Two first messages in a new chat at once: the other one started it.
+        return Conversation.objects.select_related("persona", "bot", "user").get(
+            bot=bot, telegram_chat_id=telegram_chat_id, is_active=True
+        )
+
+
+# --- Voice --------------------------------------------------------------------------------------
+
+# The provider's upload limit for transcription.
+MAX_AUDIO_BYTES = 25 * 1024 * 1024
+
+
+async def audio_transcribe(
+    *,
+    user: AbstractBaseUser,
+    data: bytes,
+    filename: str,
+    channel: str,
+    conversation: Conversation | None = None,
+    bot: Bot | None = None,
+    duration_hint: float | None = None,
+) -> llm.Transcript:
+    """Transcribe audio and record its cost; raises ReplyError with a sentence on failure."""
+    if len(data) > MAX_AUDIO_BYTES:
+        raise ReplyRefused(
+            _("The recording is %(size).1f MB; the transcription service accepts at most 25 MB. Send a shorter one.")
+            % {"size": len(data) / 1024 / 1024}
+        )
+    refusal = await sync_to_async(budget_refusal)(user=user)
+    if refusal:
+        raise ReplyRefused(refusal)
+    try:
+        transcript = await llm.transcribe(data=data, filename=filename)
+    except llm.LLMError as exc:
+        raise ReplyFailed(str(exc)) from exc
+    seconds = transcript.audio_seconds
+    if not seconds and duration_hint:
+        seconds = Decimal(str(duration_hint))
+    await sync_to_async(usage_record_create)(
+        user=user,
+        kind=UsageKind.TRANSCRIPTION,
+        model=transcript.model,
+        channel=channel,
+        conversation=conversation,
+        bot=bot,
+        audio_seconds=seconds,
+    )
+    return llm.Transcript(text=transcript.text, audio_seconds=seconds, model=transcript.model)

@@ -1,0 +1,60 @@
+"""The defaults Jarvis starts with: the "Jarvis" persona and public OpenAI list prices (shared/pricing.md)."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+# USD; standard tier, per shared/pricing.md. Admins edit prices later; ledger rows keep what they paid.
+PRICES_VALID_FROM = datetime(2026, 1, 1, tzinfo=UTC)
+CHAT_PRICES = [
+    # model, input / 1M, cached input / 1M, output / 1M, context window, accepts images
+    ("gpt-4o-mini", "0.15", "0.075", "0.60", 128_000, True),
+    ("gpt-4o", "2.50", "1.25", "10.00", 128_000, True),
+    ("gpt-4.1", "2.00", "0.50", "8.00", 1_047_576, True),
+    ("gpt-4.1-mini", "0.40", "0.10", "1.60", 1_047_576, True),
+    ("gpt-4.1-nano", "0.10", "0.025", "0.40", 1_047_576, True),
+    ("gpt-5", "1.25", "0.125", "10.00", 400_000, True),
+    ("gpt-5-mini", "0.25", "0.025", "2.00", 400_000, True),
+    ("gpt-5-nano", "0.05", "0.005", "0.40", 400_000, True),
+    ("gpt-3.5-turbo", "0.50", None, "1.50", 16_385, False),
+]
+TRANSCRIPTION_PRICES = [
+    ("whisper-1", "0.006"),
+    ("gpt-4o-transcribe", "0.006"),
+    ("gpt-4o-mini-transcribe", "0.003"),
+]
+JARVIS_PROMPT = (
+    "You are Jarvis, a personal assistant in the spirit of Tony Stark's: courteous, precise and brief. "
+    "Answer in the language the user writes in. Use Markdown for code and lists when it helps."
+)
+
+
+
+def seed_defaults(model_price: Any, persona: Any) -> None:
+    """Create the default prices and persona if missing; takes the model classes (real or historical)."""
+    for model, input_price, cached, output, window, images in CHAT_PRICES:
+        model_price.objects.get_or_create(
+            model=model,
+            valid_from=PRICES_VALID_FROM,
+            defaults={
+                "input_per_mtok": Decimal(input_price),
+                "cached_input_per_mtok": Decimal(cached) if cached else None,
+                "output_per_mtok": Decimal(output),
+                "context_window": window,
+                "supports_images": images,
+            },
+        )
+    for model, per_minute in TRANSCRIPTION_PRICES:
+        model_price.objects.get_or_create(
+            model=model, valid_from=PRICES_VALID_FROM, defaults={"audio_per_minute": Decimal(per_minute)}
+        )
+    persona.objects.get_or_create(
+        name="Jarvis",
+        defaults={
+            "description": "The default assistant.",
+            "system_prompt": JARVIS_PROMPT,
+            "model": "",
+            "temperature": Decimal("0.7"),
+            "max_output_tokens": 1024,
+        },
+    )

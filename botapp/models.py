@@ -1,0 +1,412 @@
+"""The data of Jarvis: people, bots, personas, conversations, messages, prices and the usage ledger."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from botapp import crypto
+
+# Costs keep 12 decimal places: a token count times a 6-decimal price per million is exact.
+USD = {"max_digits": 24, "decimal_places": 12}
+UNIT_PRICE = {"max_digits": 14, "decimal_places": 6}
+
+
+class Channel(models.TextChoices):
+    TELEGRAM = "telegram", _("Telegram")
+    WEB = "web", _("Web")
+    SYSTEM = "system", _("System")
+
+
+class Profile(models.Model):
+    """What Jarvis keeps about a person beyond Django's `User`: access and budgets."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jarvis_profile")
+    is_blocked = models.BooleanField(_("blocked"), default=False, help_text=_("A blocked person gets no answers."))
+    daily_budget_usd = models.DecimalField(
+        _("daily budget (USD)"),
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Empty: the default (DEFAULT_DAILY_BUDGET_USD)."),
+    )
+    monthly_budget_usd = models.DecimalField(
+        _("monthly budget (USD)"),
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Empty: the default (DEFAULT_MONTHLY_BUDGET_USD)."),
+    )
+    unlimited_budget = models.BooleanField(
+        _("unlimited budget"), default=False, help_text=_("Ignore every budget for this person.")
+    )
+    language_code = models.CharField(_("language"), max_length=16, blank=True)
+
+    class Meta:
+        verbose_name = _("profile")
+        verbose_name_plural = _("profiles")
+
+    def __str__(self) -> str:
+        return f"Profile of {self.user}"
+
+
+class TelegramIdentity(models.Model):
+    """A Telegram account, created on first contact and linked to a `User`."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="telegram")
+    telegram_id = models.BigIntegerField(_("Telegram user id"), unique=True)
+    username = models.CharField(_("username"), max_length=64, blank=True, db_index=True)
+    first_name = models.CharField(_("first name"), max_length=128, blank=True)
+    last_name = models.CharField(_("last name"), max_length=128, blank=True)
+    language_code = models.CharField(_("language code"), max_length=16, blank=True)
+    created_at = models.DateTimeField(_("first seen"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("last seen"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("Telegram identity")
+        verbose_name_plural = _("Telegram identities")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"@{self.username}" if self.username else f"tg:{self.telegram_id}"
+
+
+class Persona(models.Model):
+    """How Jarvis behaves: a system prompt and the model settings that go with it."""
+
+    name = models.CharField(_("name"), max_length=64, unique=True)
+    description = models.CharField(_("description"), max_length=200, blank=True)
+    system_prompt = models.TextField(_("system prompt"))
+    model = models.CharField(
+        _("model"),
+        max_length=100,
+        blank=True,
+        help_text=_("Empty: OPENAI_MODEL. Otherwise it must have a row in Model prices."),
+    )
+    temperature = models.DecimalField(
+        _("temperature"),
+        max_digits=3,
+        decimal_places=2,
+        default=Decimal("0.7"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("2"))],
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        _("max output tokens"), default=1024, validators=[MinValueValidator(1), MaxValueValidator(128000)]
+    )
+    is_active = models.BooleanField(_("offered to users"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("persona")
+        verbose_name_plural = _("personas")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.model and not ModelPrice.objects.filter(model=self.model).exists():
+            raise ValidationError(
+                {"model": _("Unknown model “%(model)s”: add it under Model prices first.") % {"model": self.model}}
+            )
+
+
+class AccessPolicy(models.TextChoices):
+    OPEN = "open", _("Open to everyone")
+    ALLOWLIST = "allowlist", _("Only the allowlist")
+
+
+class Bot(models.Model):
+    """A Telegram bot that Jarvis runs; the token is encrypted at rest."""
+
+    name = models.CharField(_("name"), max_length=64, unique=True)
+    token_encrypted = models.TextField(_("token (encrypted)"), editable=False)
+    token_hint = models.CharField(_("token"), max_length=20, editable=False, help_text=_("Masked."))
+    telegram_username = models.CharField(_("Telegram username"), max_length=64, blank=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    default_persona = models.ForeignKey(
+        Persona, verbose_name=_("default persona"), on_delete=models.PROTECT, null=True, blank=True
+    )
+    access_policy = models.CharField(
+        _("access policy"), max_length=16, choices=AccessPolicy.choices, default=AccessPolicy.OPEN
+    )
+    allowed_users = models.TextField(
+        _("allowlist"),
+        blank=True,
+        help_text=_("Telegram user ids or @usernames, separated by commas or new lines."),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("bot")
+        verbose_name_plural = _("bots")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def token(self) -> str:
+        return crypto.decrypt(self.token_encrypted) if self.token_encrypted else ""
+
+    @token.setter
+    def token(self, value: str) -> None:
+        self.token_encrypted = crypto.encrypt(value)
+        self.token_hint = crypto.mask(value)
+
+    def allowlist(self) -> set[str]:
+        """The allowlist entries, normalised: ids as digits, usernames lower-case without '@'."""
+        raw = self.allowed_users.replace("\n", ",").split(",")
+        return {entry.strip().lstrip("@").lower() for entry in raw if entry.strip()}
+
+    def allows(self, *, telegram_id: int, username: str | None) -> bool:
+        if self.access_policy == AccessPolicy.OPEN:
+            return True
+        entries = self.allowlist()
+        if "*" in entries:
+            return True
+        return str(telegram_id) in entries or bool(username and username.lower() in entries)
+
+
+class Conversation(models.Model):
+    """One thread of messages between a person and Jarvis, on one channel."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    channel = models.CharField(_("channel"), max_length=16, choices=Channel.choices)
+    bot = models.ForeignKey(Bot, on_delete=models.SET_NULL, null=True, blank=True, related_name="conversations")
+    telegram_chat_id = models.BigIntegerField(_("Telegram chat id"), null=True, blank=True)
+    title = models.CharField(_("title"), max_length=200, blank=True)
+    persona = models.ForeignKey(Persona, on_delete=models.SET_NULL, null=True, blank=True)
+    model = models.CharField(_("model"), max_length=100, blank=True, help_text=_("Empty: the persona's model."))
+    summary = models.TextField(_("summary"), blank=True, help_text=_("Older history, summarised."))
+    summary_until_id = models.BigIntegerField(
+        _("summary covers messages up to id"), null=True, blank=True, editable=False
+    )
+    is_active = models.BooleanField(
+        _("active"), default=True, help_text=_("The conversation new messages in its chat go to.")
+    )
+    created_at = models.DateTimeField(_("started"), default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(_("last message"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("conversation")
+        verbose_name_plural = _("conversations")
+        ordering = ["-updated_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bot", "telegram_chat_id"],
+                condition=Q(is_active=True, telegram_chat_id__isnull=False),
+                name="one_active_conversation_per_chat",
+            )
+        ]
+        indexes = [models.Index(fields=["user", "-updated_at"], name="conv_user_recent")]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+    @property
+    def effective_model(self) -> str:
+        return self.model or (self.persona.model if self.persona else "") or settings.OPENAI_MODEL
+
+
+class Role(models.TextChoices):
+    SYSTEM = "system", _("System")
+    USER = "user", _("User")
+    ASSISTANT = "assistant", _("Assistant")
+
+
+class MessageStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    COMPLETE = "complete", _("Complete")
+    FAILED = "failed", _("Failed")
+    INCOMPLETE = "incomplete", _("Incomplete")
+    SUPERSEDED = "superseded", _("Replaced by a retry")
+
+
+class Message(models.Model):
+    """A message in a conversation; an answer is created `pending` when its question arrives."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(_("role"), max_length=16, choices=Role.choices)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text=_("Who wrote a user message (in a group, not always the conversation's owner)."),
+    )
+    content = models.TextField(_("content"), blank=True)
+    attachments = models.JSONField(
+        _("attachments"), default=list, blank=True, help_text=_("Images sent with the message (data URLs).")
+    )
+    status = models.CharField(_("status"), max_length=16, choices=MessageStatus.choices, default=MessageStatus.COMPLETE)
+    token_count = models.PositiveIntegerField(
+        _("tokens in content"), default=0, help_text=_("Counted once when stored, to build context quickly.")
+    )
+    input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
+    output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
+    latency_ms = models.PositiveIntegerField(_("latency (ms)"), null=True, blank=True)
+    model = models.CharField(_("model"), max_length=100, blank=True)
+    telegram_message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
+    telegram_reply_ids = models.JSONField(_("Telegram ids of the answer's messages"), default=list, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["conversation", "id"], name="msg_conv_latest"),
+            models.Index(fields=["status", "role"], name="msg_status_role"),
+            models.Index(fields=["created_at"], name="msg_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:60]}"
+
+
+class ModelPrice(models.Model):
+    """The list price of a model from a moment on; the latest row not in the future is in force."""
+
+    model = models.CharField(_("model"), max_length=100, db_index=True)
+    input_per_mtok = models.DecimalField(
+        _("input USD / 1M tokens"), **UNIT_PRICE, default=Decimal("0"), validators=[MinValueValidator(Decimal("0"))]
+    )
+    cached_input_per_mtok = models.DecimalField(
+        _("cached input USD / 1M tokens"),
+        **UNIT_PRICE,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Empty: cached input costs as much as input."),
+    )
+    output_per_mtok = models.DecimalField(
+        _("output USD / 1M tokens"), **UNIT_PRICE, default=Decimal("0"), validators=[MinValueValidator(Decimal("0"))]
+    )
+    audio_per_minute = models.DecimalField(
+        _("USD / audio minute"), **UNIT_PRICE, default=Decimal("0"), validators=[MinValueValidator(Decimal("0"))]
+    )
+    context_window = models.PositiveIntegerField(_("context window (tokens)"), null=True, blank=True)
+    supports_images = models.BooleanField(_("accepts images"), default=False)
+    valid_from = models.DateTimeField(_("valid from"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("model price")
+        verbose_name_plural = _("model prices")
+        ordering = ["model", "-valid_from"]
+        constraints = [models.UniqueConstraint(fields=["model", "valid_from"], name="one_price_per_model_and_time")]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.valid_from:%Y-%m-%d}"
+
+
+class UsageKind(models.TextChoices):
+    CHAT = "chat", _("Chat")
+    TRANSCRIPTION = "transcription", _("Transcription")
+    SUMMARY = "summary", _("Summary")
+    TITLE = "title", _("Title")
+
+
+class UsageStatus(models.TextChoices):
+    COMPLETE = "complete", _("Complete")
+    INCOMPLETE = "incomplete", _("Incomplete")
+
+
+class UsageRecordQuerySet(models.QuerySet):
+    def update(self, **kwargs: object) -> int:
+        raise TypeError("The usage ledger is append-only.")
+
+
+class UsageRecord(models.Model):
+    """One row of the append-only ledger: a model call, its tokens, the prices used and its cost."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records"
+    )
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, blank=True)
+    message = models.ForeignKey(Message, on_delete=models.SET_NULL, null=True, blank=True)
+    channel = models.CharField(_("channel"), max_length=16, choices=Channel.choices)
+    bot = models.ForeignKey(Bot, on_delete=models.SET_NULL, null=True, blank=True)
+    model = models.CharField(_("model"), max_length=100)
+    kind = models.CharField(_("kind"), max_length=16, choices=UsageKind.choices)
+    input_tokens = models.PositiveIntegerField(_("input tokens"), default=0, help_text=_("Including cached."))
+    cached_input_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
+    output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
+    audio_seconds = models.DecimalField(_("audio seconds"), max_digits=12, decimal_places=3, default=Decimal("0"))
+    price = models.ForeignKey(ModelPrice, on_delete=models.SET_NULL, null=True, blank=True, editable=False)
+    input_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    cached_input_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    output_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    audio_price_per_minute = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    cost_usd = models.DecimalField(_("cost (USD)"), **USD, default=Decimal("0"))
+    priced = models.BooleanField(_("priced"), default=True, help_text=_("False: no price was known for the model."))
+    status = models.CharField(_("status"), max_length=16, choices=UsageStatus.choices, default=UsageStatus.COMPLETE)
+    estimated = models.BooleanField(
+        _("estimated"), default=False, help_text=_("Tokens counted by Jarvis because the provider reported none.")
+    )
+    created_at = models.DateTimeField(_("time"), default=timezone.now)
+
+    objects = UsageRecordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("usage record")
+        verbose_name_plural = _("usage records")
+        ordering = ["-created_at"]
+        constraints = [
+            # Nothing is billed twice: one charge of each kind per message.
+            models.UniqueConstraint(
+                fields=["message", "kind"], condition=Q(message__isnull=False), name="one_charge_per_message_kind"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="usage_user_time"),
+            models.Index(fields=["created_at"], name="usage_time"),
+            models.Index(fields=["model", "created_at"], name="usage_model_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.model} ${self.cost_usd}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise TypeError("The usage ledger is append-only: a usage record is never changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise TypeError("The usage ledger is append-only: a usage record is never deleted.")
+
+
+class ProcessedUpdate(models.Model):
+    """A Telegram update as received: deduplicates redeliveries and lets a restart finish the work."""
+
+    class State(models.TextChoices):
+        RECEIVED = "received", _("Received")
+        DONE = "done", _("Done")
+
+    bot = models.ForeignKey(Bot, on_delete=models.CASCADE)
+    update_id = models.BigIntegerField()
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("Telegram update")
+        verbose_name_plural = _("Telegram updates")
+        constraints = [models.UniqueConstraint(fields=["bot", "update_id"], name="one_row_per_update")]
+        indexes = [models.Index(fields=["bot", "state"], name="update_bot_state")]
+
+    def __str__(self) -> str:
+        return f"update {self.update_id} ({self.state})"

@@ -1,0 +1,215 @@
+"""Money: the price in force, exact costs, the append-only ledger and per-person budgets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Sum
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from botapp.models import (
+    Bot,
+    Conversation,
+    Message,
+    ModelPrice,
+    Profile,
+    UsageRecord,
+    UsageStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+MILLION = Decimal(1_000_000)
+SECONDS_PER_MINUTE = Decimal(60)
+COST_QUANTUM = Decimal("0.000000000001")
+
+
+def price_in_force(*, model: str, at: datetime | None = None) -> ModelPrice | None:
+    """The price row for `model` at `at`; a dated snapshot ("gpt-4o-2024-08-06") uses its family's price."""
+    at = at or timezone.now()
+    rows = ModelPrice.objects.filter(valid_from__lte=at).order_by("-valid_from")
+    exact = rows.filter(model=model).first()
+    if exact is not None:
+        return exact
+    families = {name for name in rows.values_list("model", flat=True).distinct() if model.startswith(f"{name}-")}
+    if not families:
+        return None
+    return rows.filter(model=max(families, key=len)).first()
+
+
+def cost_of(
+    *,
+    price: ModelPrice,
+    input_tokens: int = 0,
+    cached_input_tokens: int = 0,
+    output_tokens: int = 0,
+    audio_seconds: Decimal = Decimal("0"),
+) -> Decimal:
+    """The exact cost in USD of a call at `price`; cached input tokens are part of `input_tokens`."""
+    cached = min(cached_input_tokens, input_tokens)
+    cached_rate = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+    tokens = (
+        (input_tokens - cached) * price.input_per_mtok + cached * cached_rate + output_tokens * price.output_per_mtok
+    ) / MILLION
+    audio = audio_seconds * price.audio_per_minute / SECONDS_PER_MINUTE
+    return (tokens + audio).quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def usage_record_create(
+    *,
+    user: AbstractBaseUser | None,
+    kind: str,
+    model: str,
+    channel: str,
+    conversation: Conversation | None = None,
+    message: Message | None = None,
+    bot: Bot | None = None,
+    input_tokens: int = 0,
+    cached_input_tokens: int = 0,
+    output_tokens: int = 0,
+    audio_seconds: Decimal = Decimal("0"),
+    status: str = UsageStatus.COMPLETE,
+    estimated: bool = False,
+    at: datetime | None = None,
+) -> UsageRecord:
+    """Append one ledger row, priced at the price in force at `at` (now by default)."""
+    at = at or timezone.now()
+    price = price_in_force(model=model, at=at)
+    record = UsageRecord(
+        user=user,
+        kind=kind,
+        model=model,
+        channel=channel,
+        conversation=conversation,
+        message=message,
+        bot=bot,
+        input_tokens=input_tokens,
+        cached_input_tokens=cached_input_tokens,
+        output_tokens=output_tokens,
+        audio_seconds=audio_seconds,
+        status=status,
+        estimated=estimated,
+        created_at=at,
+    )
+    if price is None:
+        logger.warning("No price for model %s: usage recorded at $0 and flagged as unpriced", model)
+        record.priced = False
+    else:
+        record.price = price
+        record.input_price_per_mtok = price.input_per_mtok
+        record.cached_input_price_per_mtok = price.cached_input_per_mtok
+        record.output_price_per_mtok = price.output_per_mtok
+        record.audio_price_per_minute = price.audio_per_minute
+        record.cost_usd = cost_of(
+            price=price,
+            input_tokens=input_tokens,
+            cached_input_tokens=cached_input_tokens,
+            output_tokens=output_tokens,
+            audio_seconds=audio_seconds,
+        )
+    record.save()
+    return record
+
+
+# --- Budgets ------------------------------------------------------------------------------------
+
+
+def profile_for(user: AbstractBaseUser) -> Profile:
+    profile, _created = Profile.objects.get_or_create(user=user)
+    return profile
+
+
+def _default(value: str | None) -> Decimal | None:
+    return Decimal(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class BudgetPeriod:
+    """One budget window (today or this month) for one person."""
+
+    name: str
+    limit: Decimal | None
+    spent: Decimal
+    starts: datetime
+    resets: datetime
+
+    @property
+    def remaining(self) -> Decimal | None:
+        return None if self.limit is None else max(self.limit - self.spent, Decimal("0"))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+
+def _period_bounds(now: datetime) -> tuple[datetime, datetime, datetime, datetime]:
+    local = timezone.localtime(now)
+    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_end = day_start + timedelta(days=1)
+    month_start = day_start.replace(day=1)
+    month_end = (month_start + timedelta(days=32)).replace(day=1)
+    return day_start, day_end, month_start, month_end
+
+
+def spent_between(*, user: AbstractBaseUser, start: datetime, end: datetime | None = None) -> Decimal:
+    rows = UsageRecord.objects.filter(user=user, created_at__gte=start)
+    if end is not None:
+        rows = rows.filter(created_at__lt=end)
+    return rows.aggregate(total=Sum("cost_usd"))["total"] or Decimal("0")
+
+
+def budget_periods(*, user: AbstractBaseUser, now: datetime | None = None) -> list[BudgetPeriod]:
+    """Today's and this month's limits, spend and reset times, in the server's time zone."""
+    now = now or timezone.now()
+    profile = profile_for(user)
+    day_start, day_end, month_start, month_end = _period_bounds(now)
+    if profile.unlimited_budget:
+        daily = monthly = None
+    else:
+        daily = profile.daily_budget_usd
+        if daily is None:
+            daily = _default(settings.DEFAULT_DAILY_BUDGET_USD)
+        monthly = profile.monthly_budget_usd
+        if monthly is None:
+            monthly = _default(settings.DEFAULT_MONTHLY_BUDGET_USD)
+    return [
+        BudgetPeriod("daily", daily, spent_between(user=user, start=day_start), day_start, day_end),
+        BudgetPeriod("monthly", monthly, spent_between(user=user, start=month_start), month_start, month_end),
+    ]
+
+
+def _humanize_wait(delta: timedelta) -> str:
+    minutes = max(int(delta.total_seconds() // 60), 1)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return _("%(days)d d %(hours)d h") % {"days": days, "hours": hours}
+    if hours:
+        return _("%(hours)d h %(minutes)d min") % {"hours": hours, "minutes": minutes}
+    return _("%(minutes)d min") % {"minutes": minutes}
+
+
+def budget_refusal(*, user: AbstractBaseUser, now: datetime | None = None) -> str | None:
+    """A sentence saying which budget is spent and when it resets, or None if the person may spend."""
+    now = now or timezone.now()
+    for period in budget_periods(user=user, now=now):
+        if period.exhausted:
+            resets = timezone.localtime(period.resets)
+            values = {
+                "limit": f"{period.limit:.2f}",
+                "when": resets.strftime("%Y-%m-%d %H:%M %Z"),
+                "wait": _humanize_wait(period.resets - now),
+            }
+            if period.name == "daily":
+                return (
+                    _("You have used your daily budget of $%(limit)s. It resets at %(when)s (in %(wait)s).")
+                    % values
+                )
+            return _("You have used your monthly budget of $%(limit)s. It resets at %(when)s (in %(wait)s).") % values
+    return None

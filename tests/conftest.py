@@ -1,0 +1,48 @@
+"""Shared fixtures: the fake OpenAI server, people and conversations."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from botapp.defaults import seed_defaults
+from botapp.models import ModelPrice, Persona
+from tests.factories import ConversationFactory, UserFactory
+from tests.fakes.openai_server import FakeOpenAI
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_openai(openai_server: FakeOpenAI, settings) -> Iterator[FakeOpenAI]:
+    """The fake provider, emptied, with Jarvis pointed at it."""
+    openai_server.reset()
+    settings.OPENAI_API_KEY = "sk-test-key-000000000000"
+    settings.OPENAI_BASE_URL = openai_server.base_url
+    settings.OPENAI_MAX_RETRIES = 2
+    settings.OPENAI_TIMEOUT = 5.0
+    yield openai_server
+    openai_server.reset()
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def conversation(user):
+    return ConversationFactory(user=user)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_defaults(request: pytest.FixtureRequest) -> None:
+    """Transactional tests flush the database, data migrations included: put the defaults back."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    seed_defaults(ModelPrice, Persona)

@@ -1,0 +1,354 @@
+"""A fake OpenAI-compatible server on 127.0.0.1: chat completions (plain and streamed), transcription, faults.
+
+It runs in its own thread and event loop, so synchronous tests, async tests and subprocesses (the bot run
+by `manage.py runbot`) can all talk to it over real HTTP. Tests script what the next requests get with
+`enqueue(Behaviour(...))`; every request and every usage figure it reported is kept for assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import bpe_openai
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+_encoding = bpe_openai.get_encoding("o200k_base")
+
+
+def count(text: str) -> int:
+    return len(_encoding.encode(text)) if text else 0
+
+
+@dataclass
+class Behaviour:
+    """What the fake does with one request. Defaults: answer at once, echoing the last user message."""
+
+    text: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    error_message: str = "Fake error"
+    retry_after: float | None = None
+    delay: float = 0.0  # before the response starts
+    chunk_delay: float = 0.0  # between streamed chunks
+    chunk_chars: int = 8  # characters per streamed delta
+    cut_after: int | None = None  # stream this many chunks, then drop the connection
+    include_usage: bool = True
+    cached_tokens: int = 0
+    usage: dict[str, int] | None = None  # override the computed usage
+    transcript: str = "This is a fake transcript."
+    duration: float = 3.0
+
+
+@dataclass
+class Served:
+    """One request as the fake saw it and what it answered."""
+
+    path: str
+    body: dict[str, Any]
+    status: int
+    text: str = ""
+    usage: dict[str, Any] | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    form: dict[str, Any] = field(default_factory=dict)
+
+
+def default_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+                return f"Echo: {content} (with image)"
+            return f"Echo: {content}"
+    return "Echo: (nothing)"
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    total = 3
+    for message in body.get("messages", []):
+        total += 3
+        content = message.get("content")
+        if isinstance(content, str):
+            total += count(content)
+        elif isinstance(content, list):
+            total += sum(count(p.get("text", "")) if p.get("type") == "text" else 2833 for p in content)
+    return total
+
+
+class FakeOpenAI:
+    """The server and its script; thread-safe for the test thread and the server thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._script: dict[str, deque[Behaviour]] = {"chat": deque(), "transcription": deque()}
+        self.default = Behaviour()
+        self.served: list[Served] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._generation = 0
+
+    # --- control ---
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def enqueue(self, *behaviours: Behaviour, endpoint: str = "chat") -> None:
+        with self._lock:
+            self._script[endpoint].extend(behaviours)
+
+    def reset(self) -> None:
+        with self._lock:
+            for queue in self._script.values():
+                queue.clear()
+            self.default = Behaviour()
+            self.served = []
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self._generation += 1
+
+    def chat_requests(self) -> list[Served]:
+        with self._lock:
+            return [s for s in self.served if s.path.endswith("/chat/completions")]
+
+    def _next(self, endpoint: str) -> Behaviour:
+        with self._lock:
+            return self._script[endpoint].popleft() if self._script[endpoint] else self.default
+
+    def _record(self, served: Served) -> None:
+        with self._lock:
+            self.served.append(served)
+
+    def _enter(self) -> int:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return self._generation
+
+    def _leave(self, generation: int) -> None:
+        # A request left over from before a reset must not disturb the new count.
+        with self._lock:
+            if generation == self._generation:
+                self.in_flight -= 1
+
+    # --- HTTP ---
+
+    def _error(self, behaviour: Behaviour) -> web.Response:
+        headers = {}
+        if behaviour.retry_after is not None:
+            headers["Retry-After"] = str(behaviour.retry_after)
+        body = {
+            "error": {
+                "message": behaviour.error_message,
+                "type": "fake_error",
+                "param": None,
+                "code": behaviour.error_code,
+            }
+        }
+        return web.json_response(body, status=behaviour.status, headers=headers)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        behaviour = self._next("chat")
+        served = Served(path=request.path, body=body, status=behaviour.status, started=time.monotonic())
+        generation = self._enter()
+        try:
+            if behaviour.delay:
+                await asyncio.sleep(behaviour.delay)
+            if behaviour.status != 200:
+                self._record(served)
+                return self._error(behaviour)
+            text = behaviour.text if behaviour.text is not None else default_text(body)
+            usage = behaviour.usage or {
+                "prompt_tokens": prompt_tokens(body),
+                "completion_tokens": count(text),
+            }
+            usage = {
+                **usage,
+                "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+                "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens},
+            }
+            served.text = text
+            model = body.get("model", "gpt-4o-mini")
+            if not body.get("stream"):
+                served.usage = usage
+                served.finished = time.monotonic()
+                self._record(served)
+                return web.json_response(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": usage,
+                    }
+                )
+            return await self._stream(request, body, behaviour, served, text, usage, model)
+        finally:
+            self._leave(generation)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behaviour: Behaviour,
+        served: Served,
+        text: str,
+        usage: dict[str, Any],
+        model: str,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, with_usage: bool = False) -> bytes:
+            payload = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "usage": usage if with_usage else None,
+            }
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        pieces = [text[i : i + behaviour.chunk_chars] for i in range(0, len(text), behaviour.chunk_chars)]
+        await response.write(chunk({"role": "assistant", "content": ""}))
+        sent = ""
+        try:
+            for index, piece in enumerate(pieces):
+                if behaviour.cut_after is not None and index >= behaviour.cut_after:
+                    served.text = sent
+                    served.finished = time.monotonic()
+                    self._record(served)
+                    # Drop the connection mid-stream, as a crashed upstream would.
+                    request.transport.close()
+                    return response
+                if behaviour.chunk_delay:
+                    await asyncio.sleep(behaviour.chunk_delay)
+                await response.write(chunk({"content": piece}))
+                sent += piece
+            await response.write(chunk({}, finish="stop"))
+            include = (body.get("stream_options") or {}).get("include_usage") and behaviour.include_usage
+            if include:
+                await response.write(chunk(None, with_usage=True))
+                served.usage = usage
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            served.text = sent
+            served.status = 499  # the client went away
+            served.finished = time.monotonic()
+            self._record(served)
+            raise
+        served.finished = time.monotonic()
+        self._record(served)
+        return response
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        behaviour = self._next("transcription")
+        form: dict[str, Any] = {}
+        reader = await request.multipart()
+        async for part in reader:
+            if part.filename:
+                data = await part.read()
+                form["file_name"], form["file_size"] = part.filename, len(data)
+            else:
+                form[part.name] = await part.text()
+        served = Served(path=request.path, body={}, status=behaviour.status, form=form, started=time.monotonic())
+        self._record(served)
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        if behaviour.status != 200:
+            return self._error(behaviour)
+        served.text = behaviour.transcript
+        return web.json_response(
+            {"task": "transcribe", "language": "english", "duration": behaviour.duration, "text": behaviour.transcript}
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=50 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    # --- lifecycle ---
+
+    def start(self) -> FakeOpenAI:
+        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("The fake OpenAI server did not start.")
+        return self
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, self.host, self.port)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)  # type: ignore[union-attr]
+        future.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    """Run the fake standalone (benchmarks): `python -m tests.fakes.openai_server --port 8001 --delay 2`."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer starts")
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    fake = FakeOpenAI(port=args.port)
+    fake.default = Behaviour(delay=args.delay, chunk_delay=args.chunk_delay)
+    fake.start()
+    print(fake.base_url, flush=True)  # noqa: T201
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()
