@@ -410,3 +410,66 @@ class ProcessedUpdate(models.Model):
 
     def __str__(self) -> str:
         return f"update {self.update_id} ({self.state})"
+
+
+class BotUser(models.Model):
+    """A person who has talked to a bot: who a broadcast reaches, and whether they blocked the bot."""
+
+    bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="bot_users")
+    identity = models.ForeignKey(TelegramIdentity, on_delete=models.CASCADE, related_name="bot_memberships")
+    blocked_bot_at = models.DateTimeField(
+        _("blocked the bot at"), null=True, blank=True, help_text=_("Set when Telegram says the person blocked the bot.")
+    )
+    first_seen = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("bot user")
+        verbose_name_plural = _("bot users")
+        constraints = [models.UniqueConstraint(fields=["bot", "identity"], name="one_membership_per_bot")]
+
+    def __str__(self) -> str:
+        return f"{self.identity} on {self.bot}"
+
+
+class TelegramLinkCode(models.Model):
+    """A one-time code from /link in Telegram that joins a Telegram identity to a web account."""
+
+    identity = models.ForeignKey(TelegramIdentity, on_delete=models.CASCADE, related_name="link_codes")
+    code = models.CharField(max_length=16, unique=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("Telegram link code")
+        verbose_name_plural = _("Telegram link codes")
+
+    def __str__(self) -> str:
+        return f"link code for {self.identity}"
+
+
+class Broadcast(models.Model):
+    """A message an admin sends to all of a bot's users, delivered by a background task."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        SENDING = "sending", _("Sending")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="broadcasts")
+    text = models.TextField(_("text"))
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.QUEUED)
+    sent_count = models.PositiveIntegerField(_("sent"), default=0)
+    failed_count = models.PositiveIntegerField(_("failed"), default=0)
+    blocked_count = models.PositiveIntegerField(_("blocked the bot"), default=0)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("broadcast")
+        verbose_name_plural = _("broadcasts")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Broadcast {self.pk} via {self.bot}"

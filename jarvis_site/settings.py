@@ -105,7 +105,8 @@ LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
-LOCALE_PATHS = [BASE_DIR / "locale"]
+# Core and web strings in locale/, the Telegram bot's own in botapp/telegram/locale/.
+LOCALE_PATHS = [BASE_DIR / "locale", BASE_DIR / "botapp" / "telegram" / "locale"]
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True

@@ -1,0 +1,1 @@
+"""Telegram front end of Jarvis: formatting and the bot adapter."""
