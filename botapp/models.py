@@ -418,7 +418,10 @@ class BotUser(models.Model):
     bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="bot_users")
     identity = models.ForeignKey(TelegramIdentity, on_delete=models.CASCADE, related_name="bot_memberships")
     blocked_bot_at = models.DateTimeField(
-        _("blocked the bot at"), null=True, blank=True, help_text=_("Set when Telegram says the person blocked the bot.")
+        _("blocked the bot at"),
+        null=True,
+        blank=True,
+        help_text=_("Set when Telegram says the person blocked the bot."),
     )
     first_seen = models.DateTimeField(default=timezone.now)
 
