@@ -288,10 +288,11 @@ async def transcribe(*, data: bytes, filename: str, model: str | None = None) ->
 @cache
 def _encoding(model: str) -> bpe_openai.Encoding:
     try:
-        return bpe_openai.encoding_for_model(model)
-    except bpe_openai.UnsupportedModelError:
-        # Newer and non-OpenAI models: o200k is the closest public vocabulary and errs on the high side.
-        return bpe_openai.get_encoding("o200k_base")
+        name = bpe_openai.encoding_name_for_model(model)
+    except (KeyError, bpe_openai.UnsupportedModelError):
+        # Newer and non-OpenAI models: o200k is the closest public vocabulary.
+        name = "o200k_base"
+    return bpe_openai.get_encoding(name)
 
 
 def count_tokens(text: str, *, model: str) -> int:

@@ -5,7 +5,7 @@ import re
 
 # Telegram bot tokens ("123456:AA...") and OpenAI-style keys ("sk-...").
 _SECRET_PATTERNS = [
-    re.compile(r"\b(\d{5,}):[A-Za-z0-9_-]{20,}"),
+    re.compile(r"(?<!\d)(\d{5,}):[A-Za-z0-9_-]{20,}"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
 ]
 

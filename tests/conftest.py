@@ -3,6 +3,8 @@
 from collections.abc import Iterator
 
 import pytest
+from asgiref.sync import SyncToAsync
+from django.db import connections
 
 from botapp.defaults import seed_defaults
 from botapp.models import ModelPrice, Persona
@@ -46,3 +48,10 @@ def _seeded_defaults(request: pytest.FixtureRequest) -> None:
         return
     request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
     seed_defaults(ModelPrice, Persona)
+
+
+@pytest.fixture(autouse=True)
+def _close_worker_connections() -> Iterator[None]:
+    """Close the connection `sync_to_async` opened in its worker thread, so the test database can be dropped."""
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
