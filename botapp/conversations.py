@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -251,6 +255,58 @@ def _lock_for(conversation_id: int) -> asyncio.Lock:
     return lock
 
 
+# The lease is renewed while an answer streams; a crashed holder's lease runs out after this long.
+LEASE = timedelta(seconds=60)
+LEASE_POLL_SECONDS = 0.05
+
+
+async def _lease_acquire(conversation_id: int) -> str:
+    """Wait until no other process is answering in the conversation, then hold its lease."""
+    token = secrets.token_hex(8)
+    while True:
+        now = timezone.now()
+        taken = await Conversation.objects.filter(
+            Q(answering_until__isnull=True) | Q(answering_until__lt=now), pk=conversation_id
+        ).aupdate(answering_until=now + LEASE, answering_token=token)
+        if taken:
+            return token
+        await asyncio.sleep(LEASE_POLL_SECONDS)
+
+
+async def _lease_keep(conversation_id: int, token: str) -> None:
+    while True:
+        await asyncio.sleep(LEASE.total_seconds() / 3)
+        await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
+            answering_until=timezone.now() + LEASE
+        )
+
+
+async def _lease_release(conversation_id: int, token: str) -> None:
+    await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
+        answering_until=None, answering_token=""
+    )
+
+
+def leases_release(*, bot: Bot) -> int:
+    """Free the leases of a bot's conversations: for a poller starting after a crash (it is the only one)."""
+    return Conversation.objects.filter(bot=bot, answering_until__isnull=False).update(
+        answering_until=None, answering_token=""
+    )
+
+
+@asynccontextmanager
+async def _answering(conversation_id: int) -> AsyncIterator[None]:
+    """Exclusive right to answer in a conversation: in this process (a lock) and across processes (a lease)."""
+    async with _lock_for(conversation_id):
+        token = await _lease_acquire(conversation_id)
+        keeper = asyncio.create_task(_lease_keep(conversation_id, token))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await asyncio.shield(_lease_release(conversation_id, token))
+
+
 def _refuse(turn: Turn, sentence: str) -> None:
     with transaction.atomic():
         Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=sentence)
@@ -340,7 +396,7 @@ def _store_answer(
 
 async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> Reply:
     """Answer a stored turn: check, build the context, stream, store and price. Raises ReplyError."""
-    async with _lock_for(turn.conversation.pk):
+    async with _answering(turn.conversation.pk):
         try:
             context = await sync_to_async(_check_and_build)(turn)
         except ReplyRefused as refusal:

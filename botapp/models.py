@@ -196,6 +196,9 @@ class Conversation(models.Model):
     is_active = models.BooleanField(
         _("active"), default=True, help_text=_("The conversation new messages in its chat go to.")
     )
+    # A lease, so that processes on several machines never answer in one conversation at once.
+    answering_until = models.DateTimeField(null=True, blank=True, editable=False)
+    answering_token = models.CharField(max_length=32, blank=True, editable=False)
     created_at = models.DateTimeField(_("started"), default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(_("last message"), default=timezone.now)
 

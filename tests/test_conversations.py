@@ -464,3 +464,35 @@ def test_budget_periods_reset_at_midnight_and_month_start(db):
     assert daily.spent == Decimal("0.01")
     assert daily.resets - now <= timedelta(days=1) and daily.resets > now
     assert monthly.resets.day == 1 and monthly.resets > now
+
+
+async def test_another_process_answering_holds_the_conversation_until_its_lease_ends(fake_openai):
+    """A lease held elsewhere (another machine) makes this answer wait; a lapsed lease does not."""
+    conversation = await make_conversation()
+    Conversation = type(conversation)  # noqa: N806
+    held = Conversation.objects.filter(pk=conversation.pk)
+    await held.aupdate(answering_until=timezone.now() + timedelta(seconds=30), answering_token="elsewhere")
+    task = asyncio.create_task(conversation_reply(conversation=conversation, text="wait for it"))
+    await asyncio.sleep(0.5)
+    assert not task.done() and fake_openai.chat_requests() == []
+    await held.aupdate(answering_until=None, answering_token="")
+    assert (await asyncio.wait_for(task, 5)).text == "Echo: wait for it"
+    assert (await held.aget()).answering_until is None
+
+    await held.aupdate(answering_until=timezone.now() - timedelta(seconds=1), answering_token="crashed")
+    reply = await asyncio.wait_for(conversation_reply(conversation=conversation, text="lapsed"), 5)
+    assert reply.text == "Echo: lapsed"
+
+
+async def test_leases_of_a_bot_are_released_for_a_restarting_poller(fake_openai):
+    """After a crash, the bot's own leases can be freed at start-up so recovery need not wait."""
+    from botapp.conversations import leases_release
+    from tests.factories import BotFactory
+
+    bot = await sync_to_async(BotFactory)()
+    conversation = await make_conversation(bot=bot, channel=Channel.TELEGRAM, telegram_chat_id=5)
+    other = await make_conversation()
+    for c in (conversation, other):
+        await type(c).objects.filter(pk=c.pk).aupdate(answering_until=timezone.now() + timedelta(minutes=1))
+    assert await sync_to_async(leases_release)(bot=bot) == 1
+    assert (await type(other).objects.aget(pk=other.pk)).answering_until is not None
