@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -30,17 +30,22 @@ SECONDS_PER_MINUTE = Decimal(60)
 COST_QUANTUM = Decimal("0.000000000001")
 
 
+def _family_names(model: str) -> list[str]:
+    """"gpt-4o-mini-2024-07-18" -> itself, "gpt-4o-mini-2024-07", ..., "gpt": the names it may be priced as."""
+    parts = model.split("-")
+    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
 def price_in_force(*, model: str, at: datetime | None = None) -> ModelPrice | None:
     """The price row for `model` at `at`; a dated snapshot ("gpt-4o-2024-08-06") uses its family's price."""
     at = at or timezone.now()
-    rows = ModelPrice.objects.filter(valid_from__lte=at).order_by("-valid_from")
-    exact = rows.filter(model=model).first()
-    if exact is not None:
-        return exact
-    families = {name for name in rows.values_list("model", flat=True).distinct() if model.startswith(f"{name}-")}
-    if not families:
+    names = _family_names(model)
+    rows = list(ModelPrice.objects.filter(valid_from__lte=at, model__in=names).order_by("-valid_from"))
+    if not rows:
         return None
-    return rows.filter(model=max(families, key=len)).first()
+    # The most specific name wins; for that name, the latest row that has started.
+    best = min(rows, key=lambda row: names.index(row.model))
+    return next(row for row in rows if row.model == best.model)
 
 
 def cost_of(
@@ -178,9 +183,15 @@ def budget_periods(*, user: AbstractBaseUser, now: datetime | None = None) -> li
         monthly = profile.monthly_budget_usd
         if monthly is None:
             monthly = _default(settings.DEFAULT_MONTHLY_BUDGET_USD)
+    # Both sums in one query: the month contains the day.
+    totals = UsageRecord.objects.filter(user=user, created_at__gte=min(day_start, month_start)).aggregate(
+        day=Sum("cost_usd", filter=Q(created_at__gte=day_start)),
+        month=Sum("cost_usd", filter=Q(created_at__gte=month_start)),
+    )
+    zero = Decimal("0")
     return [
-        BudgetPeriod("daily", daily, spent_between(user=user, start=day_start), day_start, day_end),
-        BudgetPeriod("monthly", monthly, spent_between(user=user, start=month_start), month_start, month_end),
+        BudgetPeriod("daily", daily, totals["day"] or zero, day_start, day_end),
+        BudgetPeriod("monthly", monthly, totals["month"] or zero, month_start, month_end),
     ]
 
 

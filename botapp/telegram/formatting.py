@@ -225,7 +225,7 @@ class _Fence(NamedTuple):
     info: str
 
 
-_FENCE_LINE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_FENCE_LINE_RE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)$")
 
 
 class _FenceMap:
@@ -346,24 +346,53 @@ def split_message(text: str, limit: int = TELEGRAM_MESSAGE_LIMIT) -> list[str]:
 # --- Rendering ----------------------------------------------------------------------------------
 
 
-def _fit(source: str, limit: int) -> list[tuple[str, str]]:
+def _render(source: str) -> tuple[str, str]:
+    """HTML for a part and the text it shows; source text when the Markdown would show nothing at all."""
     html = markdown_to_telegram_html(source)
     shown = visible_text(html)
     if not shown.strip():
-        html, shown = _escape(source), source
+        return _escape(source), source
+    return html, shown
+
+
+def _first_piece(source: str, limit: int) -> tuple[str, str, list[Span]]:
+    """The longest leading part of `source` whose HTML shows at most `limit` characters: (html, part, spans)."""
+    spans = split_spans(source, limit)
+    part = spans[0].render(source)
+    html, shown = _render(part)
     if len(shown) <= limit:
-        return [(html, source)]
-    # Rendering can show more than the source (padded tables, renumbered lists, rules): cut finer.
-    smaller = min(len(source) - 1, len(source) * limit // len(shown))
-    if smaller < 1:
-        return [(_escape(source), source)]
-    return [pair for part in split_message(source, smaller) for pair in _fit(part, limit)]
+        return html, part, spans
+    # Rendering can show more than the source (padded tables, renumbered lists, rules): search for the
+    # largest source budget whose first part still fits.
+    best: tuple[str, str, list[Span]] | None = None
+    low, high = 1, min(len(part), limit) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        candidate_spans = split_spans(source, middle)
+        candidate = candidate_spans[0].render(source)
+        candidate_html, candidate_shown = _render(candidate)
+        if len(candidate_shown) <= limit:
+            best, low = (candidate_html, candidate, candidate_spans), middle + 1
+        else:
+            high = middle - 1
+    # Nothing renders small enough only for absurd limits; the part's own text always fits.
+    return best or (_escape(part), part, spans)
 
 
 def render_parts(text: str, limit: int = TELEGRAM_MESSAGE_LIMIT) -> list[tuple[str, str]]:
     """Split and render `text` into `(html, plain)` message pairs, each showing at most `limit` characters.
 
-    `html` is for `parse_mode=HTML`; `plain` is the same part as Markdown source, to send without a
-    parse mode if Telegram rejects the HTML. Blank input gives [].
+    `html` is for `parse_mode=HTML`; `plain` is the same part as Markdown source (at most `limit`
+    characters too), to send without a parse mode if Telegram rejects the HTML. Blank input gives [].
     """
-    return [pair for part in split_message(text, limit) for pair in _fit(part, limit)]
+    pairs: list[tuple[str, str]] = []
+    source = text
+    while source.strip():
+        html, part, spans = _first_piece(source, limit)
+        pairs.append((html, part))
+        rest = spans[1].prefix + source[spans[1].start :] if len(spans) > 1 else ""
+        if len(rest) >= len(source):  # only a reopened fence can grow it; never loop on that
+            pairs.extend((_escape(piece), piece) for piece in split_message(rest, limit))
+            break
+        source = rest
+    return pairs
