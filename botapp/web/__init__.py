@@ -1,0 +1,1 @@
+"""The browser chat page: sign in, conversations, streamed answers, usage and Telegram linking."""

@@ -1,0 +1,27 @@
+"""Writes behind the browser page's conversation controls: rename, change persona, delete."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from botapp.models import Conversation, Persona
+
+
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    """Give the conversation a title (cut to the field's length); an empty one falls back to the first question."""
+    conversation.title = title.strip()[: Conversation._meta.get_field("title").max_length]
+    conversation.save(update_fields=["title"])
+    return conversation
+
+
+def conversation_persona_change(*, conversation: Conversation, persona: Persona) -> Conversation:
+    """Later answers use `persona`; what was already said stays as it was."""
+    conversation.persona = persona
+    conversation.save(update_fields=["persona"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete the conversation and its messages; the usage ledger keeps its rows (and the money spent)."""
+    with transaction.atomic():
+        conversation.delete()

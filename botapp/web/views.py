@@ -1,0 +1,365 @@
+"""Views of the browser chat page; sending streams the answer as newline-delimited JSON events.
+
+The stream (`application/x-ndjson`), one JSON object per line:
+  {"type": "start", "message_id": <answer id>, "question_id": <question id>}
+  {"type": "delta", "text": "..."}                        as the answer is written
+  {"type": "done", "message_id": ..., "html": "<sanitized>", "input_tokens": .., "output_tokens": ..,
+   "cost_usd": "0.000012", "meta": "..."}                 the stored answer, rendered on the server
+  {"type": "error", "message": "<sentence>", "html": "<partial answer, sanitized>"}
+A client that disconnects (the Stop button) cancels the stream; the funnel then stores the partial answer
+as incomplete and bills it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from decimal import Decimal
+from functools import wraps
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from botapp import selectors
+from botapp.conversations import (
+    Reply,
+    ReplyRefused,
+    StreamEnd,
+    Turn,
+    conversation_start,
+    turn_accept,
+    turn_answer_stream,
+)
+from botapp.linking import LinkError, link_code_redeem
+from botapp.models import Channel, Conversation, MessageStatus, Role, TelegramIdentity, UsageKind
+from botapp.usage import budget_periods
+from botapp.web.charts import bar_chart
+from botapp.web.forms import ConversationCreateForm, ConversationPersonaForm, ConversationRenameForm, LinkCodeForm
+from botapp.web.markdown import markdown_to_html
+from botapp.web.services import conversation_delete, conversation_persona_change, conversation_rename
+
+logger = logging.getLogger(__name__)
+
+# Defence in depth behind the sanitizer: no inline script or style runs even if markup slipped through.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+USAGE_RANGES = (7, 30, 90)
+
+View = Callable[..., HttpResponse]
+
+
+def with_csp(view: View) -> View:
+    """Send the page with the Content-Security-Policy above."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        response.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        return response
+
+    return wrapped
+
+
+# --- Formatting ---------------------------------------------------------------------------------
+
+
+def format_usd(value: Decimal | float | None) -> str:
+    """Dollars with as many decimals as small amounts need: $1.25, $0.0125, $0.000125."""
+    value = Decimal(str(value or 0))
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    if value >= Decimal("0.01"):
+        return f"${value:.4f}"
+    return f"${value:.6f}"
+
+
+def format_tokens(value: float) -> str:
+    """Token counts for a chart axis: 950, 12k, 1.5M."""
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:.1f}M"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    return f"{value:g}"
+
+
+def answer_meta(*, input_tokens: int, output_tokens: int, cost_usd: Decimal | None) -> str:
+    """The small line under an answer: its tokens and what it cost."""
+    return _("%(input)s tokens in · %(output)s out · %(cost)s") % {
+        "input": input_tokens,
+        "output": output_tokens,
+        "cost": format_usd(cost_usd),
+    }
+
+
+# --- Conversations ------------------------------------------------------------------------------
+
+
+def _own_conversation(request: HttpRequest, pk: int) -> Conversation:
+    """The signed-in person's conversation; anyone else's is a 404, as if it did not exist."""
+    return get_object_or_404(Conversation.objects.select_related("persona", "bot"), pk=pk, user=request.user)
+
+
+def _chat_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+    return {
+        "nav": "chat",
+        "conversations": selectors.conversation_list(user=request.user),
+        "create_form": ConversationCreateForm(),
+        **extra,
+    }
+
+
+@with_csp
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """The conversation list and a form to start a new one."""
+    return render(request, "botapp/chat.html", _chat_context(request))
+
+
+@with_csp
+@login_required
+@require_GET
+def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One conversation: its history rendered on the server, its settings, and the message box."""
+    conversation = _own_conversation(request, pk)
+    history = list(selectors.conversation_messages(conversation=conversation))
+    first_question = next((m.content for m in history if m.role == Role.USER and m.content), "")
+    for message in history:
+        if message.role == Role.ASSISTANT:
+            message.html = markdown_to_html(message.content)
+            message.meta = answer_meta(
+                input_tokens=message.input_tokens, output_tokens=message.output_tokens, cost_usd=message.cost_usd
+            )
+    context = _chat_context(
+        request,
+        conversation=conversation,
+        title=conversation.title or first_question[:80] or _("New conversation"),
+        untitled=not (conversation.title or first_question),
+        history=history,
+        persona_form=ConversationPersonaForm(initial={"persona": conversation.persona_id}),
+        can_send=conversation.channel == Channel.WEB,
+        max_chars=settings.MAX_MESSAGE_CHARS,
+        statuses=MessageStatus,
+    )
+    return render(request, "botapp/chat.html", context)
+
+
+@login_required
+@require_POST
+def conversation_create(request: HttpRequest) -> HttpResponse:
+    """Start a web conversation with the chosen persona."""
+    form = ConversationCreateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Choose one of the offered personas to start a conversation."))
+        return redirect("web:home")
+    conversation = conversation_start(user=request.user, channel=Channel.WEB, persona=form.cleaned_data["persona"])
+    return redirect("web:conversation", pk=conversation.pk)
+
+
+@login_required
+@require_POST
+def conversation_rename_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Rename; an empty title falls back to the first question."""
+    conversation = _own_conversation(request, pk)
+    form = ConversationRenameForm(request.POST)
+    if form.is_valid():
+        conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
+    else:
+        messages.error(request, _("The title is too long: at most 200 characters."))
+    return redirect("web:conversation", pk=conversation.pk)
+
+
+@login_required
+@require_POST
+def conversation_persona_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Answer as another persona from the next message on."""
+    conversation = _own_conversation(request, pk)
+    form = ConversationPersonaForm(request.POST)
+    if form.is_valid():
+        conversation_persona_change(conversation=conversation, persona=form.cleaned_data["persona"])
+        messages.success(
+            request, _("Jarvis now answers as %(persona)s in this conversation.") % {"persona": conversation.persona}
+        )
+    else:
+        messages.error(request, _("Choose one of the offered personas."))
+    return redirect("web:conversation", pk=conversation.pk)
+
+
+@login_required
+@require_POST
+def conversation_delete_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete the conversation; what it cost stays in the ledger."""
+    conversation = _own_conversation(request, pk)
+    conversation_delete(conversation=conversation)
+    messages.success(request, _("The conversation was deleted."))
+    return redirect("web:home")
+
+
+# --- Sending and streaming ----------------------------------------------------------------------
+
+
+def _event(kind: str, **data: Any) -> bytes:
+    return (json.dumps({"type": kind, **data}, ensure_ascii=False) + "\n").encode()
+
+
+async def _answer_events(turn: Turn) -> AsyncIterator[bytes]:
+    """The answer as NDJSON events; if the client goes away, Django cancels this and the answer stops."""
+    yield _event("start", message_id=turn.reply.pk, question_id=turn.user_message.pk)
+    # aclosing: however this generator ends (cancelled, closed), the answer's own cleanup runs right away.
+    async with aclosing(turn_answer_stream(turn)) as stream:
+        async for item in stream:
+            if not isinstance(item, StreamEnd):
+                yield _event("delta", text=item)
+            elif item.reply is not None:
+                yield _done_event(item.reply)
+            else:
+                partial = getattr(item.error, "partial", "")
+                yield _event("error", message=str(item.error), html=str(markdown_to_html(partial)) if partial else "")
+
+
+def _done_event(reply: Reply) -> bytes:
+    cost = reply.usage.cost_usd if reply.usage is not None else None
+    tokens = {"input_tokens": reply.message.input_tokens, "output_tokens": reply.message.output_tokens}
+    return _event(
+        "done",
+        message_id=reply.message.pk,
+        html=str(markdown_to_html(reply.text)),
+        cost_usd=str(cost) if cost is not None else None,
+        meta=answer_meta(cost_usd=cost, **tokens),
+        **tokens,
+    )
+
+
+async def _own_conversation_async(user: AbstractBaseUser, pk: int) -> Conversation:
+    try:
+        return await Conversation.objects.select_related("persona", "bot", "user").aget(pk=pk, user=user)
+    except Conversation.DoesNotExist as exc:
+        raise Http404(_("No such conversation.")) from exc
+
+
+@login_required
+@require_POST
+async def message_send(request: HttpRequest, pk: int) -> HttpResponse:
+    """Store the message, then stream the answer; refusals before the model is called are a JSON error."""
+    user = await request.auser()
+    conversation = await _own_conversation_async(user, pk)
+    if conversation.channel != Channel.WEB:
+        return JsonResponse(
+            {"type": "error", "message": _("This conversation happens in Telegram: continue it there.")}, status=409
+        )
+    text = request.POST.get("text", "")
+    try:
+        turn = await sync_to_async(turn_accept)(conversation=conversation, text=text, sender=user)
+    except ReplyRefused as refusal:
+        logger.info("Message to conversation %s refused before storing: %s", conversation.pk, refusal)
+        return JsonResponse({"type": "error", "message": str(refusal)}, status=400)
+    response = StreamingHttpResponse(_answer_events(turn), content_type="application/x-ndjson; charset=utf-8")
+    # Proxies must pass each line on at once rather than collect the whole answer.
+    response["Cache-Control"] = "no-store"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+# --- Usage --------------------------------------------------------------------------------------
+
+
+@with_csp
+@login_required
+@require_GET
+def usage(request: HttpRequest) -> HttpResponse:
+    """Tokens and cost per day as charts, per model as a table, and what is left of the budget."""
+    try:
+        days = int(request.GET.get("days", 30))
+    except ValueError:
+        days = 30
+    if days not in USAGE_RANGES:
+        days = 30
+    daily = selectors.usage_by_day(user=request.user, days=days)
+    labels = [day.day.strftime("%m-%d") for day in daily]
+    cost_chart = bar_chart(
+        labels=labels,
+        series=[[day.cost_usd for day in daily]],
+        series_names=[_("Cost")],
+        format_value=format_usd,
+    )
+    token_chart = bar_chart(
+        labels=labels,
+        series=[[day.input_tokens for day in daily], [day.output_tokens for day in daily]],
+        series_names=[_("Input tokens"), _("Output tokens")],
+        format_value=format_tokens,
+    )
+    by_model = selectors.usage_by_model(user=request.user, since=daily[0].day)
+    kinds = dict(UsageKind.choices)
+    for row in by_model:
+        row["cost"] = format_usd(row["cost_usd"])
+        row["kind_label"] = kinds.get(row["kind"], row["kind"])
+    names = {"daily": _("Today"), "monthly": _("This month")}
+    budgets = [
+        {
+            "name": names[period.name],
+            "limit": format_usd(period.limit) if period.limit is not None else None,
+            "limit_value": period.limit,
+            "spent": format_usd(period.spent),
+            "spent_value": min(period.spent, period.limit) if period.limit is not None else period.spent,
+            "remaining": format_usd(period.remaining) if period.remaining is not None else None,
+            "resets": timezone.localtime(period.resets),
+            "exhausted": period.exhausted,
+        }
+        for period in budget_periods(user=request.user)
+    ]
+    context = {
+        "nav": "usage",
+        "days": days,
+        "ranges": USAGE_RANGES,
+        "daily": [
+            {"day": day.day, "input": day.input_tokens, "output": day.output_tokens, "cost": format_usd(day.cost_usd)}
+            for day in reversed(daily)
+            if day.tokens or day.cost_usd
+        ],
+        "total_cost": format_usd(sum((day.cost_usd for day in daily), Decimal("0"))),
+        "total_tokens": f"{sum(day.tokens for day in daily):,}",
+        "cost_chart": cost_chart,
+        "token_chart": token_chart,
+        "by_model": by_model,
+        "budgets": budgets,
+    }
+    return render(request, "botapp/usage.html", context)
+
+
+# --- Linking Telegram ---------------------------------------------------------------------------
+
+
+@with_csp
+@login_required
+def link_telegram(request: HttpRequest) -> HttpResponse:
+    """Enter the one-time code that /link in Telegram gives, to see Telegram conversations here too."""
+    form = LinkCodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            identity = link_code_redeem(code=form.cleaned_data["code"], user=request.user)
+        except LinkError as exc:
+            form.add_error("code", str(exc))
+        else:
+            messages.success(
+                request,
+                _("Your Telegram account %(account)s is linked: its conversations are now in your list.")
+                % {"account": identity},
+            )
+            return redirect("web:home")
+    identity = TelegramIdentity.objects.filter(user=request.user).first()
+    return render(request, "botapp/link.html", {"nav": "link", "form": form, "identity": identity})
