@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -21,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django_q.tasks import async_task
 
 from botapp import llm
 from botapp.models import (
@@ -376,6 +378,13 @@ def _store_answer(
         if status == MessageStatus.FAILED and not text:
             Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
         Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at)
+        if status == MessageStatus.COMPLETE:
+            # A worker titles new conversations and summarises long ones (botapp.tasks), once this is committed.
+            pk = turn.conversation.pk
+            options = {"task_name": f"followups of conversation {pk}", "save": False}
+            transaction.on_commit(
+                partial(async_task, "botapp.tasks.conversation_followups", pk, q_options=options), robust=True
+            )
         if not charged:
             return None
         return usage_record_create(

@@ -73,7 +73,10 @@ ASGI_APPLICATION = "jarvis_site.asgi.application"
 
 # --- Database -----------------------------------------------------------------------------------
 
-DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+# An empty DATABASE_URL (as .env.example has it) means the default too; lower case: not a setting that
+# debug pages would show with its password.
+database_url = env.str("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASES = {"default": env.db_url_config(database_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several writers (bot, web, workers) share one file: WAL lets readers run beside a writer,
     # IMMEDIATE takes the write lock up front so transactions wait instead of failing with
@@ -167,6 +170,9 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+# Messages older than this many days are deleted or anonymised by a daily job; 0 keeps them forever.
+RETENTION_DAYS = env.int("RETENTION_DAYS", default=0)
+RETENTION_MODE = env.str("RETENTION_MODE", default="delete")
 
 # --- Logging ------------------------------------------------------------------------------------
 
