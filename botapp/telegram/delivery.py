@@ -1,0 +1,268 @@
+"""Getting text to a Telegram chat: HTML with a plain fallback, flood control, and answers streamed by edits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from telegram import Bot as TelegramBot
+from telegram import Message as TelegramMessage
+from telegram import ReplyParameters
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
+
+from botapp.telegram.formatting import render_parts
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Telegram allows about one message a second per chat, and about twenty a minute in a group.
+EDIT_INTERVAL_PRIVATE = 1.0
+EDIT_INTERVAL_GROUP = 3.0
+# A "typing…" action shows for five seconds; renew it a little before it fades.
+TYPING_INTERVAL = 4.0
+# Network hiccups are retried this many times; flood control is always waited out.
+NETWORK_ATTEMPTS = 3
+# The longest flood-control wait honoured for one call; Telegram rarely asks for more than a minute.
+MAX_FLOOD_WAIT = 120.0
+FLOOD_WAIT_MARGIN = 0.1
+
+
+def _seconds(retry_after: int | float | dt.timedelta) -> float:
+    if isinstance(retry_after, dt.timedelta):
+        return retry_after.total_seconds()
+    return float(retry_after)
+
+
+def _is_parse_error(exc: BadRequest) -> bool:
+    text = exc.message.lower()
+    return "can't parse entities" in text or "can't find end" in text or "unsupported start tag" in text
+
+
+def _is_not_modified(exc: BadRequest) -> bool:
+    return "message is not modified" in exc.message.lower()
+
+
+async def telegram_call(call: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run one Bot API call, waiting out flood control (429) and retrying brief network failures."""
+    network_failures = 0
+    flood_waited = 0.0
+    while True:
+        try:
+            return await call()
+        except RetryAfter as exc:
+            wait = _seconds(exc.retry_after) + FLOOD_WAIT_MARGIN
+            flood_waited += wait
+            if flood_waited > MAX_FLOOD_WAIT:
+                raise
+            logger.info("Flood control on %s: waiting %.1f s as Telegram asks", what, wait)
+            await asyncio.sleep(wait)
+        except TimedOut:
+            # A timed-out call may have gone through; repeating a send could show it twice, so only once more.
+            network_failures += 1
+            if network_failures >= 2:
+                raise
+            await asyncio.sleep(0.5)
+        except NetworkError as exc:
+            if isinstance(exc, BadRequest):
+                raise
+            network_failures += 1
+            if network_failures >= NETWORK_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.5 * network_failures)
+
+
+async def send_text(
+    bot: TelegramBot,
+    *,
+    chat_id: int,
+    html: str,
+    plain: str,
+    reply_to: int | None = None,
+) -> TelegramMessage:
+    """Send one message as HTML; when Telegram cannot parse the entities, send the same text plain."""
+    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+    try:
+        return await telegram_call(
+            lambda: bot.send_message(chat_id=chat_id, text=html, parse_mode=ParseMode.HTML, reply_parameters=reply),
+            what="sendMessage",
+        )
+    except BadRequest as exc:
+        if not _is_parse_error(exc):
+            raise
+        logger.info("Telegram rejected the HTML of a message (%s): sending it as plain text", exc.message)
+    return await telegram_call(
+        lambda: bot.send_message(chat_id=chat_id, text=plain, reply_parameters=reply), what="sendMessage"
+    )
+
+
+async def edit_text(bot: TelegramBot, *, chat_id: int, message_id: int, html: str, plain: str) -> None:
+    """Replace a message's text, HTML first then plain; an edit that changes nothing is not an error."""
+    try:
+        await telegram_call(
+            lambda: bot.edit_message_text(chat_id=chat_id, message_id=message_id, text=html, parse_mode=ParseMode.HTML),
+            what="editMessageText",
+        )
+        return
+    except BadRequest as exc:
+        if _is_not_modified(exc):
+            return
+        if not _is_parse_error(exc):
+            raise
+        logger.info("Telegram rejected the HTML of an edit (%s): sending it as plain text", exc.message)
+    try:
+        await telegram_call(
+            lambda: bot.edit_message_text(chat_id=chat_id, message_id=message_id, text=plain), what="editMessageText"
+        )
+    except BadRequest as exc:
+        if not _is_not_modified(exc):
+            raise
+
+
+async def send_sentence(bot: TelegramBot, *, chat_id: int, text: str, reply_to: int | None = None) -> TelegramMessage:
+    """Send a sentence Jarvis wrote itself (no Markdown), honouring flood control."""
+    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+    return await telegram_call(
+        lambda: bot.send_message(chat_id=chat_id, text=text, reply_parameters=reply), what="sendMessage"
+    )
+
+
+@dataclass
+class _Shown:
+    message_id: int
+    html: str | None  # None: unknown (a message from before a restart)
+
+
+class AnswerStream:
+    """One answer shown as it is written: "typing…" until the first words, then throttled edits.
+
+    The answer's Markdown is rendered to parts of at most 4096 characters; each part is one message,
+    edited while it grows and left alone once the next part starts. `message_ids` lists the messages of
+    the answer so far (for example one started before a restart, which is then edited instead of repeated);
+    `on_new_message` hears of every message added, so a restart knows them too.
+    """
+
+    def __init__(
+        self,
+        bot: TelegramBot,
+        *,
+        chat_id: int,
+        reply_to: int | None,
+        interval: float = EDIT_INTERVAL_PRIVATE,
+        message_ids: Sequence[int] = (),
+        on_new_message: Callable[[list[int]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.bot = bot
+        self.chat_id = chat_id
+        self.reply_to = reply_to
+        self.interval = interval
+        self.shown = [_Shown(message_id, None) for message_id in message_ids]
+        self.on_new_message = on_new_message
+        self.text = ""
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._io = asyncio.Lock()
+        self._last_write = 0.0
+        self._typing_task: asyncio.Task[None] | None = None
+        self._flusher_task: asyncio.Task[None] | None = None
+
+    @property
+    def message_ids(self) -> list[int]:
+        return [shown.message_id for shown in self.shown]
+
+    async def __aenter__(self) -> AnswerStream:
+        self._typing_task = asyncio.create_task(self._typing())
+        self._flusher_task = asyncio.create_task(self._flusher())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def on_delta(self, _delta: str, text: str) -> None:
+        """The funnel's callback: remember the answer so far; the flusher shows it when the chat may be edited."""
+        self.text = text
+        self._changed.set()
+
+    async def finish(self, text: str) -> list[int]:
+        """Show the whole answer, every part, and return the ids of its messages."""
+        await self._stop()
+        await self._show(text)
+        return self.message_ids
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+        # The typing loop may be cut anywhere; the flusher finishes the edit it is making, so no send is lost.
+        if self._typing_task is not None:
+            self._typing_task.cancel()
+        for task in (self._typing_task, self._flusher_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._typing_task = self._flusher_task = None
+
+    async def _typing(self) -> None:
+        while not self.shown and not self._stopping.is_set():
+            try:
+                await self.bot.send_chat_action(chat_id=self.chat_id, action=ChatAction.TYPING)
+            except RetryAfter as exc:
+                await asyncio.sleep(_seconds(exc.retry_after))
+                continue
+            except NetworkError as exc:
+                logger.debug("Could not show typing in chat %s: %s", self.chat_id, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TYPING_INTERVAL):
+                    await self._stopping.wait()
+
+    async def _flusher(self) -> None:
+        while not self._stopping.is_set():
+            await self._changed.wait()
+            if self._stopping.is_set():
+                return
+            self._changed.clear()
+            try:
+                await self._show(self.text)
+            except NetworkError as exc:
+                # A preview edit that fails is not worth stopping the answer for; the final show retries.
+                logger.warning("Could not show the answer so far in chat %s: %s", self.chat_id, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._stopping.wait()
+
+    async def _pace(self) -> None:
+        """Keep writes to the chat at least `interval` apart, the final ones included."""
+        loop = asyncio.get_running_loop()
+        wait = self._last_write + self.interval - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_write = loop.time()
+
+    async def _show(self, text: str) -> None:
+        parts = render_parts(text)
+        async with self._io:
+            for index, (html, plain) in enumerate(parts):
+                if index < len(self.shown):
+                    shown = self.shown[index]
+                    if shown.html != html:
+                        await self._pace()
+                        await edit_text(
+                            self.bot, chat_id=self.chat_id, message_id=shown.message_id, html=html, plain=plain
+                        )
+                        shown.html = html
+                    continue
+                await self._pace()
+                message = await send_text(
+                    self.bot,
+                    chat_id=self.chat_id,
+                    html=html,
+                    plain=plain,
+                    reply_to=self.reply_to if index == 0 else None,
+                )
+                self.shown.append(_Shown(message.message_id, html))
+                if self.on_new_message is not None:
+                    await self.on_new_message(self.message_ids)

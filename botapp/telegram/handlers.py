@@ -1,0 +1,632 @@
+"""Telegram update handlers: commands, chat through the funnel, voice, photos, groups and inline mode.
+
+Every callback is wrapped by `jarvis_handler`, which records who wrote (the person and their membership of
+the bot), switches to their language, and refuses people the bot may not serve before anything is spent.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils import translation
+from django.utils.translation import gettext as _
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InlineQueryResultArticle,
+    InputTextMessageContent,
+    MessageEntity,
+    Update,
+)
+from telegram import Message as TelegramMessage
+from telegram.constants import ChatType
+from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.ext import CallbackContext, ExtBot, filters
+
+from botapp.conversations import (
+    MAX_AUDIO_BYTES,
+    ReplyError,
+    ReplyRefused,
+    Turn,
+    audio_transcribe,
+    conversation_for_chat,
+    conversation_start,
+    turn_accept,
+    turn_answer,
+    turn_for_pending_reply,
+    turn_retry,
+)
+from botapp.linking import CODE_LIFETIME, link_code_create
+from botapp.models import Channel, Conversation, Message, MessageStatus, Persona
+from botapp.telegram import selectors, services
+from botapp.telegram.delivery import (
+    EDIT_INTERVAL_GROUP,
+    EDIT_INTERVAL_PRIVATE,
+    AnswerStream,
+    send_sentence,
+    send_text,
+    telegram_call,
+)
+from botapp.telegram.formatting import render_parts
+from botapp.usage import price_in_force
+
+logger = logging.getLogger(__name__)
+
+# Telegram's Bot API serves files up to 20 MB through getFile.
+TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+PERSONA_CALLBACK_PREFIX = "persona:"
+
+
+class JarvisContext(CallbackContext[ExtBot, dict, dict, dict]):
+    """The callback context, plus who sent the update (set by `jarvis_handler`)."""
+
+    contact: services.Contact
+
+
+Callback = Callable[[Update, JarvisContext], Awaitable[None]]
+
+
+def bot_commands() -> list[BotCommand]:
+    """The command menu, in the active language."""
+    return [
+        BotCommand("start", _("Greeting and what Jarvis can do")),
+        BotCommand("help", _("How to use Jarvis")),
+        BotCommand("new", _("Start a new conversation")),
+        BotCommand("mode", _("Choose a persona")),
+        BotCommand("stats", _("Tokens and cost, and what is left of your budget")),
+        BotCommand("retry", _("Answer the last message again")),
+        BotCommand("caps", _("Shout some text back in capitals")),
+        BotCommand("link", _("Link this Telegram account to the web page")),
+    ]
+
+
+# --- Plumbing -----------------------------------------------------------------------------------
+
+
+def jarvis_handler(callback: Callback) -> Callback:
+    """Record the sender, switch to their language, and refuse people the bot may not serve."""
+
+    @functools.wraps(callback)
+    async def wrapper(update: Update, context: JarvisContext) -> None:
+        sender = update.effective_user
+        if sender is None or sender.is_bot:
+            return
+        contact = await sync_to_async(services.contact_sync)(
+            bot_id=context.bot_data["bot_id"],
+            telegram_id=sender.id,
+            username=sender.username,
+            first_name=sender.first_name,
+            last_name=sender.last_name,
+            language_code=sender.language_code,
+        )
+        context.contact = contact
+        with translation.override(contact.language):
+            if not contact.allowed:
+                await _refuse(update, context)
+                return
+            await callback(update, context)
+
+    return wrapper
+
+
+async def _refuse(update: Update, context: JarvisContext) -> None:
+    sentence = _("Sorry, Jarvis is not available to you here. If you think this is a mistake, ask the bot's admin.")
+    if update.inline_query is not None:
+        await update.inline_query.answer([], cache_time=0, is_personal=True)
+        return
+    if update.callback_query is not None:
+        await update.callback_query.answer(sentence, show_alert=True)
+        return
+    if update.effective_chat is not None:
+        await reply(update, sentence)
+
+
+async def reply(update: Update, text: str) -> TelegramMessage:
+    """Answer the update's message with a sentence Jarvis wrote (plain text)."""
+    message = update.effective_message
+    return await send_sentence(
+        message.get_bot(),
+        chat_id=message.chat_id,
+        text=text,
+        reply_to=message.message_id if message.chat.type != ChatType.PRIVATE else None,
+    )
+
+
+def _is_group(chat_type: str) -> bool:
+    return chat_type in (ChatType.GROUP, ChatType.SUPERGROUP)
+
+
+class AddressedToJarvis(filters.MessageFilter):
+    """Private messages, and group messages that mention the bot or reply to it."""
+
+    def filter(self, message: TelegramMessage) -> bool:
+        if not _is_group(message.chat.type):
+            return message.chat.type == ChatType.PRIVATE
+        bot = message.get_bot()
+        replied = message.reply_to_message
+        if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+            return True
+        mention = f"@{bot.username}".lower()
+        found = {
+            **message.parse_entities([MessageEntity.MENTION]),
+            **message.parse_caption_entities([MessageEntity.MENTION]),
+        }
+        return any(text.lower() == mention for text in found.values())
+
+
+ADDRESSED = AddressedToJarvis(name="AddressedToJarvis")
+
+
+def _without_mention(text: str, username: str) -> str:
+    mention = f"@{username}"
+    index = text.lower().find(mention.lower())
+    if index < 0:
+        return text.strip()
+    return (text[:index] + text[index + len(mention) :]).strip()
+
+
+async def _conversation(update: Update, context: JarvisContext) -> Conversation:
+    return await sync_to_async(conversation_for_chat)(
+        bot=context.contact.bot, telegram_chat_id=update.effective_chat.id, user=context.contact.user
+    )
+
+
+# --- Answering ----------------------------------------------------------------------------------
+
+
+async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, reply_to: int | None) -> None:
+    """Answer a stored turn through the funnel, streaming it into the chat; remember the messages that show it."""
+    reply_id = turn.reply.pk
+
+    async def remember(message_ids: list[int]) -> None:
+        await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
+
+    stream = AnswerStream(
+        bot,
+        chat_id=chat_id,
+        reply_to=reply_to,
+        interval=EDIT_INTERVAL_GROUP if group else EDIT_INTERVAL_PRIVATE,
+        message_ids=turn.reply.telegram_reply_ids or (),
+        on_new_message=remember,
+    )
+    async with stream:
+        try:
+            answer = await turn_answer(turn, on_delta=stream.on_delta)
+        except ReplyError as error:
+            partial = getattr(error, "partial", "")
+            text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
+            ids = await stream.finish(text)
+        else:
+            ids = await stream.finish(answer.text or _("(The model sent an empty answer. Try /retry.)"))
+    await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=ids)
+
+
+async def _resume_stored(
+    update: Update, context: JarvisContext, conversation: Conversation, question: Message, answer: Message | None
+) -> None:
+    """A message stored before (a redelivery or a restart): finish what is missing, never answer twice."""
+    chat = update.effective_chat
+    if answer is None or (answer.telegram_reply_ids and answer.status != MessageStatus.PENDING):
+        return
+    if answer.status == MessageStatus.PENDING:
+        turn = await sync_to_async(turn_for_pending_reply)(answer)
+        await deliver_turn(
+            context.bot, turn, chat_id=chat.id, group=_is_group(chat.type), reply_to=question.telegram_message_id
+        )
+        return
+    # Answered but never shown (the process died between storing and sending).
+    text = answer.content or f"⚠️ {answer.error}"
+    ids = []
+    for index, (html, plain) in enumerate(render_parts(text)):
+        sent = await send_text(
+            context.bot,
+            chat_id=chat.id,
+            html=html,
+            plain=plain,
+            reply_to=question.telegram_message_id if index == 0 else None,
+        )
+        ids.append(sent.message_id)
+    await sync_to_async(services.message_reply_ids_store)(message_id=answer.pk, telegram_ids=ids)
+
+
+async def answer_message(
+    update: Update, context: JarvisContext, *, text: str, attachments: list[dict[str, Any]] | None = None
+) -> None:
+    """Store what the person said and stream the answer; a message seen before is not answered twice."""
+    message = update.effective_message
+    chat = update.effective_chat
+    conversation = await _conversation(update, context)
+    stored = await sync_to_async(selectors.stored_question)(
+        conversation=conversation, telegram_message_id=message.message_id
+    )
+    if stored is not None:
+        await _resume_stored(update, context, conversation, *stored)
+        return
+    try:
+        turn = await sync_to_async(turn_accept)(
+            conversation=conversation,
+            text=text,
+            sender=context.contact.user,
+            attachments=attachments or (),
+            telegram_message_id=message.message_id,
+        )
+    except ReplyRefused as refusal:
+        await reply(update, str(refusal))
+        return
+    group = _is_group(chat.type)
+    # In a group the answer quotes its question, so everyone sees whom Jarvis answers.
+    await deliver_turn(context.bot, turn, chat_id=chat.id, group=group, reply_to=message.message_id if group else None)
+
+
+# --- Commands -----------------------------------------------------------------------------------
+
+
+@jarvis_handler
+async def start(update: Update, context: JarvisContext) -> None:
+    """Greet the person as the seed's Jarvis did."""
+    await reply(
+        update,
+        _("Hello sir, I am Jarvis, your Telegram assistant!")
+        + "\n\n"
+        + _("Write to me, send a voice message or a photo, and I will answer. /help lists what else I can do."),
+    )
+
+
+@jarvis_handler
+async def help_command(update: Update, context: JarvisContext) -> None:
+    """List what Jarvis does and its commands."""
+    lines = [_("Jarvis answers your messages with an AI model and remembers the conversation."), ""]
+    lines += [f"/{command.command} – {command.description}" for command in bot_commands()]
+    lines += [
+        "",
+        _(
+            "Voice messages, audio and video notes are transcribed and answered; photos are answered when the "
+            "persona's model can see images."
+        ),
+        _("In a group, mention me or reply to one of my messages."),
+        _("Inline mode: type @%(username)s and some text in any chat to shout it in capitals.")
+        % {"username": context.bot.username},
+    ]
+    await reply(update, "\n".join(lines))
+
+
+@jarvis_handler
+async def new_conversation(update: Update, context: JarvisContext) -> None:
+    """Start a fresh conversation in this chat, keeping the chosen persona."""
+    current = await _conversation(update, context)
+    await sync_to_async(conversation_start)(
+        user=context.contact.user,
+        channel=Channel.TELEGRAM,
+        bot=context.contact.bot,
+        telegram_chat_id=update.effective_chat.id,
+        persona=current.persona,
+    )
+    await reply(update, _("Started a new conversation. Jarvis has set the earlier messages aside."))
+
+
+@jarvis_handler
+async def mode(update: Update, context: JarvisContext) -> None:
+    """Offer the active personas as buttons."""
+    conversation = await _conversation(update, context)
+    personas = await sync_to_async(selectors.personas_offered)()
+    if not personas:
+        await reply(update, _("There are no personas to choose from. An admin can add some."))
+        return
+    buttons = [
+        [
+            InlineKeyboardButton(
+                ("✓ " if persona.pk == conversation.persona_id else "") + persona.name,
+                callback_data=f"{PERSONA_CALLBACK_PREFIX}{persona.pk}",
+            )
+        ]
+        for persona in personas
+    ]
+    message = update.effective_message
+    await telegram_call(
+        lambda: message.reply_text(
+            _("Choose how Jarvis should behave in this chat:"), reply_markup=InlineKeyboardMarkup(buttons)
+        ),
+        what="sendMessage",
+    )
+
+
+def _persona_for_callback(data: str) -> Persona | None:
+    try:
+        persona_id = int(data.removeprefix(PERSONA_CALLBACK_PREFIX))
+    except ValueError:
+        return None
+    return Persona.objects.filter(pk=persona_id, is_active=True).first()
+
+
+@jarvis_handler
+async def persona_chosen(update: Update, context: JarvisContext) -> None:
+    """Switch the chat's conversation to the persona whose button was pressed."""
+    query = update.callback_query
+    persona = await sync_to_async(_persona_for_callback)(query.data or "")
+    if persona is None:
+        await query.answer(_("That persona is no longer offered. Send /mode again."), show_alert=True)
+        return
+    conversation = await _conversation(update, context)
+    await sync_to_async(services.conversation_persona_set)(conversation=conversation, persona=persona)
+    confirmation = _("Persona: %(name)s. The next answer uses it.") % {"name": persona.name}
+    await query.answer(confirmation)
+    try:
+        await query.edit_message_text(confirmation)
+    except BadRequest as exc:
+        logger.debug("Could not update the persona menu: %s", exc)
+
+
+def _money(value: Any) -> str:
+    return f"${value:.4f}"
+
+
+@jarvis_handler
+async def stats(update: Update, context: JarvisContext) -> None:
+    """Tokens and cost today, this month and ever, and what is left of the budget."""
+    summary = await sync_to_async(selectors.usage_summary)(user=context.contact.user)
+    rows = [
+        (_("Today"), summary.today),
+        (_("This month"), summary.month),
+        (_("All time"), summary.all_time),
+    ]
+    lines = [_("Your usage:")]
+    lines += [
+        _("%(period)s: %(tokens)s tokens, %(cost)s")
+        % {"period": label, "tokens": f"{total.tokens:,}", "cost": _money(total.cost_usd)}
+        for label, total in rows
+    ]
+    lines.append("")
+    for period in summary.periods:
+        name = _("Daily budget") if period.name == "daily" else _("Monthly budget")
+        if period.limit is None:
+            lines.append(_("%(name)s: unlimited") % {"name": name})
+        else:
+            lines.append(
+                _("%(name)s: %(remaining)s left of %(limit)s")
+                % {"name": name, "remaining": _money(period.remaining), "limit": _money(period.limit)}
+            )
+    await reply(update, "\n".join(lines))
+
+
+@jarvis_handler
+async def retry(update: Update, context: JarvisContext) -> None:
+    """Answer the last question again; the previous answer stays on record."""
+    chat = update.effective_chat
+    conversation = await _conversation(update, context)
+    try:
+        turn = await sync_to_async(turn_retry)(conversation=conversation)
+    except ReplyRefused as refusal:
+        await reply(update, str(refusal))
+        return
+    await deliver_turn(
+        context.bot,
+        turn,
+        chat_id=chat.id,
+        group=_is_group(chat.type),
+        reply_to=turn.user_message.telegram_message_id or update.effective_message.message_id,
+    )
+
+
+@jarvis_handler
+async def caps(update: Update, context: JarvisContext) -> None:
+    """Shout the command's arguments back in capitals (the seed's /caps)."""
+    text = " ".join(context.args or []).upper()
+    await reply(update, text or _("Send /caps followed by some text, for example: /caps i love you"))
+
+
+@jarvis_handler
+async def inline_caps(update: Update, context: JarvisContext) -> None:
+    """Offer the inline query in capitals (the seed's inline mode)."""
+    query = update.inline_query.query
+    if not query:
+        await update.inline_query.answer([], cache_time=0)
+        return
+    result = InlineQueryResultArticle(
+        id="caps",
+        title=_("Caps"),
+        description=query.upper()[:100],
+        input_message_content=InputTextMessageContent(query.upper()),
+    )
+    await update.inline_query.answer([result], cache_time=0)
+
+
+@jarvis_handler
+async def link(update: Update, context: JarvisContext) -> None:
+    """Give a one-time code that joins this Telegram account to a web account."""
+    if update.effective_chat.type != ChatType.PRIVATE:
+        await reply(update, _("For your privacy, send /link to me in a private chat."))
+        return
+    code = await sync_to_async(link_code_create)(identity=context.contact.identity)
+    await reply(
+        update,
+        _(
+            "Your link code is %(code)s. Sign in on the Jarvis web page, open /link/ and enter it there within "
+            "%(minutes)d minutes. Your Telegram conversations and usage then appear on the web page too."
+        )
+        % {"code": code.code, "minutes": int(CODE_LIFETIME.total_seconds() // 60)},
+    )
+
+
+@jarvis_handler
+async def unknown_command(update: Update, context: JarvisContext) -> None:
+    """Answer a command Jarvis does not know (the seed's reply, in words a person can act on)."""
+    message = update.effective_message
+    if _is_group(message.chat.type):
+        command = (message.text or "").split()[0]
+        if "@" not in command or command.split("@", 1)[1].lower() != (context.bot.username or "").lower():
+            return
+    await reply(update, _("What does that mean? I don't know that command. Send /help to see what I can do."))
+
+
+# --- Messages -----------------------------------------------------------------------------------
+
+
+@jarvis_handler
+async def text_message(update: Update, context: JarvisContext) -> None:
+    """Answer a text message through the funnel."""
+    message = update.effective_message
+    text = message.text or ""
+    if _is_group(message.chat.type):
+        text = _without_mention(text, context.bot.username or "")
+        if not text:
+            await reply(update, _("Yes? Ask me something after the mention."))
+            return
+    await answer_message(update, context, text=text)
+
+
+def _duration_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+
+
+@jarvis_handler
+async def voice_message(update: Update, context: JarvisContext) -> None:
+    """Transcribe a voice message, audio file or video note, show the transcript, then answer it."""
+    message = update.effective_message
+    media = message.voice or message.audio or message.video_note
+    if media.file_size and media.file_size > TELEGRAM_DOWNLOAD_LIMIT:
+        await reply(
+            update,
+            _(
+                "This recording is %(size).1f MB; Telegram lets bots download at most 20 MB. "
+                "Please send a shorter recording."
+            )
+            % {"size": media.file_size / 1024 / 1024},
+        )
+        return
+    if media.file_size and media.file_size > MAX_AUDIO_BYTES:
+        await reply(update, _("This recording is over 25 MB, the transcription limit. Please send a shorter one."))
+        return
+    conversation = await _conversation(update, context)
+    stored = await sync_to_async(selectors.stored_question)(
+        conversation=conversation, telegram_message_id=message.message_id
+    )
+    if stored is not None:
+        await _resume_stored(update, context, conversation, *stored)
+        return
+    if message.voice:
+        filename = "voice.ogg"
+    elif message.audio:
+        filename = message.audio.file_name or "audio.mp3"
+    else:
+        filename = "video_note.mp4"
+    try:
+        file = await telegram_call(media.get_file, what="getFile")
+        data = bytes(await file.download_as_bytearray())
+    except TelegramError as exc:
+        logger.warning("Could not download a recording in chat %s: %s", message.chat_id, exc)
+        await reply(update, _("Jarvis could not download this recording from Telegram. Please send it again."))
+        return
+    try:
+        transcript = await audio_transcribe(
+            user=context.contact.user,
+            data=data,
+            filename=filename,
+            channel=Channel.TELEGRAM,
+            conversation=conversation,
+            bot=context.contact.bot,
+            duration_hint=_duration_seconds(media.duration),
+        )
+    except ReplyError as error:
+        await reply(update, str(error))
+        return
+    text = transcript.text.strip()
+    if not text:
+        await reply(update, _("Jarvis heard no words in this recording."))
+        return
+    await reply(update, "🎙 " + text)
+    caption = (message.caption or "").strip()
+    await answer_message(update, context, text=f"{caption}\n\n{text}" if caption else text)
+
+
+def _model_sees_images(conversation: Conversation) -> bool:
+    price = price_in_force(model=conversation.effective_model)
+    return bool(price and price.supports_images)
+
+
+@jarvis_handler
+async def photo_message(update: Update, context: JarvisContext) -> None:
+    """Send a photo (and its caption) to the model when it can see images."""
+    message = update.effective_message
+    conversation = await _conversation(update, context)
+    if not await sync_to_async(_model_sees_images)(conversation):
+        await reply(
+            update,
+            _(
+                "The model of this chat (%(model)s) cannot look at images. Describe the picture in words, or "
+                "pick a persona whose model can see images with /mode."
+            )
+            % {"model": conversation.effective_model},
+        )
+        return
+    caption = message.caption or ""
+    if _is_group(message.chat.type):
+        caption = _without_mention(caption, context.bot.username or "")
+    photo = message.photo[-1]
+    if photo.file_size and photo.file_size > TELEGRAM_DOWNLOAD_LIMIT:
+        await reply(update, _("This photo is too large to download (over 20 MB). Please send a smaller one."))
+        return
+    stored = await sync_to_async(selectors.stored_question)(
+        conversation=conversation, telegram_message_id=message.message_id
+    )
+    if stored is not None:
+        await _resume_stored(update, context, conversation, *stored)
+        return
+    try:
+        file = await telegram_call(photo.get_file, what="getFile")
+        data = bytes(await file.download_as_bytearray())
+    except TelegramError as exc:
+        logger.warning("Could not download a photo in chat %s: %s", message.chat_id, exc)
+        await reply(update, _("Jarvis could not download this photo from Telegram. Please send it again."))
+        return
+    url = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    await answer_message(update, context, text=caption, attachments=[{"url": url}])
+
+
+@jarvis_handler
+async def other_message(update: Update, context: JarvisContext) -> None:
+    """Say what Jarvis can handle when it gets something else (a sticker, a document, a location, ...)."""
+    await reply(
+        update,
+        _(
+            "Jarvis cannot handle this kind of message. Send text, a voice message, an audio file, a video note "
+            "or a photo."
+        ),
+    )
+
+
+# --- Errors -------------------------------------------------------------------------------------
+
+
+async def error_handler(update: object, context: JarvisContext) -> None:
+    """Log the failure first, then tell the person, in their language, that their message was not handled."""
+    error = context.error
+    update_id = update.update_id if isinstance(update, Update) else None
+    if isinstance(error, Forbidden) and isinstance(update, Update) and update.effective_user is not None:
+        logger.info("Update %s: the person blocked the bot or left the chat (%s)", update_id, error)
+        await sync_to_async(services.bot_user_mark_blocked)(
+            bot_id=context.bot_data["bot_id"], telegram_id=update.effective_user.id
+        )
+        return
+    logger.error("Update %s could not be handled", update_id, exc_info=error)
+    if not isinstance(update, Update) or update.effective_message is None or update.inline_query is not None:
+        return
+    contact = getattr(context, "contact", None)
+    language = (
+        contact.language
+        if contact is not None
+        else services.language_for(update.effective_user.language_code if update.effective_user else None)
+    )
+    with translation.override(language):
+        sentence = _("Sorry, something went wrong while handling your message. Please try again in a moment.")
+    try:
+        await reply(update, sentence)
+    except TelegramError as exc:
+        logger.warning("Could not tell chat %s about the failure: %s", update.effective_chat.id, exc)

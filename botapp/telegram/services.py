@@ -1,0 +1,142 @@
+"""Writes the Telegram adapter needs: people on contact, the default bot, update bookkeeping, message ids."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from botapp.models import (
+    AccessPolicy,
+    Bot,
+    BotUser,
+    Conversation,
+    Message,
+    Persona,
+    ProcessedUpdate,
+    TelegramIdentity,
+)
+from botapp.people import telegram_user_sync
+from botapp.usage import profile_for
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BOT_NAME = "default"
+# Finished updates are only kept to recognise a redelivery, which Telegram gives up on within a day.
+PROCESSED_UPDATE_RETENTION = timedelta(days=7)
+
+
+@dataclass
+class Contact:
+    """Who sent an update, as Jarvis knows them, and whether this bot may answer them."""
+
+    bot: Bot
+    user: AbstractBaseUser
+    identity: TelegramIdentity
+    language: str
+    allowed: bool
+
+
+def language_for(code: str | None) -> str:
+    """The interface language for a Telegram `language_code`: Simplified Chinese for any Chinese, else English."""
+    return "zh-hans" if (code or "").lower().startswith("zh") else "en"
+
+
+def contact_sync(
+    *,
+    bot_id: int,
+    telegram_id: int,
+    username: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    language_code: str | None,
+) -> Contact:
+    """Create or refresh the person behind an update and their membership of the bot; decide access."""
+    bot = Bot.objects.select_related("default_persona").get(pk=bot_id)
+    user = telegram_user_sync(
+        telegram_id=telegram_id,
+        username=username,
+        first_name=first_name,
+        last_name=last_name,
+        language_code=language_code,
+    )
+    identity = TelegramIdentity.objects.get(telegram_id=telegram_id)
+    membership, created = BotUser.objects.get_or_create(bot=bot, identity=identity)
+    if not created and membership.blocked_bot_at is not None:
+        # Writing to the bot again means they unblocked it.
+        membership.blocked_bot_at = None
+        membership.save(update_fields=["blocked_bot_at"])
+    blocked = profile_for(user).is_blocked or not user.is_active
+    allowed = not blocked and bot.allows(telegram_id=telegram_id, username=username)
+    return Contact(bot=bot, user=user, identity=identity, language=language_for(language_code), allowed=allowed)
+
+
+def bot_user_mark_blocked(*, bot_id: int, telegram_id: int) -> None:
+    """Remember that a person blocked the bot (Telegram answered 403), so broadcasts skip them."""
+    BotUser.objects.filter(bot_id=bot_id, identity__telegram_id=telegram_id, blocked_bot_at__isnull=True).update(
+        blocked_bot_at=timezone.now()
+    )
+
+
+def bot_from_environment(*, token: str, allowed_users: str) -> Bot | None:
+    """Create or update the "default" bot from TELEGRAM_BOT_TOKEN / TELEGRAM_ALLOWED_USERS; None without a token."""
+    token = token.strip()
+    if not token:
+        return None
+    entries = [entry.strip() for entry in allowed_users.replace("\n", ",").split(",") if entry.strip()]
+    with transaction.atomic():
+        bot = Bot.objects.select_for_update().filter(name=DEFAULT_BOT_NAME).first() or Bot(name=DEFAULT_BOT_NAME)
+        try:
+            changed = bot.pk is None or bot.token != token
+        except ValueError:  # saved under another key: the environment's token replaces it
+            changed = True
+        if changed:
+            bot.token = token
+        if entries and "*" not in entries:
+            bot.access_policy = AccessPolicy.ALLOWLIST
+            bot.allowed_users = ", ".join(entries)
+        elif entries or bot.pk is None:
+            bot.access_policy = AccessPolicy.OPEN
+        # Unset on an existing bot: the policy chosen in the admin stands.
+        bot.enabled = True
+        bot.save()
+    return bot
+
+
+def conversation_persona_set(*, conversation: Conversation, persona: Persona) -> None:
+    """Switch the persona (and so the system prompt and model) of a conversation from the next answer on."""
+    conversation.persona = persona
+    conversation.save(update_fields=["persona"])
+
+
+def message_reply_ids_store(*, message_id: int, telegram_ids: list[int]) -> None:
+    """Remember which Telegram messages show an answer, so a restart edits them instead of sending again."""
+    Message.objects.filter(pk=message_id).update(telegram_reply_ids=list(telegram_ids))
+
+
+def update_record(*, bot_id: int, update_id: int, payload: dict[str, Any]) -> bool:
+    """Write an update down before handling it; False when it was seen before (a redelivery)."""
+    try:
+        with transaction.atomic():
+            ProcessedUpdate.objects.create(bot_id=bot_id, update_id=update_id, payload=payload)
+    except IntegrityError:
+        return False
+    return True
+
+
+def update_mark_done(*, bot_id: int, update_id: int) -> None:
+    ProcessedUpdate.objects.filter(bot_id=bot_id, update_id=update_id).update(state=ProcessedUpdate.State.DONE)
+
+
+def updates_prune(*, bot_id: int) -> int:
+    """Forget finished updates too old to be redelivered."""
+    cutoff = timezone.now() - PROCESSED_UPDATE_RETENTION
+    deleted, _by_model = ProcessedUpdate.objects.filter(
+        bot_id=bot_id, state=ProcessedUpdate.State.DONE, created_at__lt=cutoff
+    ).delete()
+    return deleted

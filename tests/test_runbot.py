@@ -1,0 +1,176 @@
+"""`manage.py runbot`: configuration, a clean stop on SIGTERM, and exactly-once answers across a crash."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from botapp.models import AccessPolicy, Bot, Message, MessageStatus, ProcessedUpdate, Role
+from botapp.telegram.services import bot_from_environment
+from tests.fakes.openai_server import Behaviour, FakeOpenAI
+from tests.fakes.telegram_server import FakeTelegram
+from tests.telegram_support import TOKEN, subprocess_env
+
+pytest_plugins = ["tests.telegram_support"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BotProcess:
+    """`manage.py runbot` in a subprocess, its output collected in a file."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], name: str = "runbot") -> None:
+        self.log_path = tmp_path / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runbot"], cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None:
+                raise AssertionError(f"runbot exited with {self.process.returncode}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.output}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def processes():
+    """Bot processes started by a test, killed at the end whatever happens."""
+    started: list[BotProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.django_db
+def test_without_a_token_runbot_says_what_to_set(settings):
+    """No TELEGRAM_BOT_TOKEN and no bot in the admin: a CommandError naming the variable."""
+    settings.TELEGRAM_BOT_TOKEN = ""
+    with pytest.raises(CommandError, match="TELEGRAM_BOT_TOKEN"):
+        call_command("runbot")
+
+
+@pytest.mark.django_db
+def test_unknown_bot_name_is_a_command_error(settings):
+    """--bot with a name that is not an enabled bot is a CommandError that says so."""
+    settings.TELEGRAM_BOT_TOKEN = TOKEN
+    with pytest.raises(CommandError, match="no enabled bot named 'other'"):
+        call_command("runbot", bot="other")
+
+
+@pytest.mark.django_db
+def test_environment_token_creates_and_updates_the_default_bot():
+    """TELEGRAM_BOT_TOKEN makes a "default" bot; TELEGRAM_ALLOWED_USERS turns it into an allowlist."""
+    bot = bot_from_environment(token=TOKEN, allowed_users="")
+    assert (bot.name, bot.token, bot.access_policy) == ("default", TOKEN, AccessPolicy.OPEN)
+    assert TOKEN not in bot.token_hint
+    bot = bot_from_environment(token="42:AAanother-token-value-0000000000", allowed_users="123, @Ann")
+    assert Bot.objects.count() == 1
+    assert (bot.token, bot.access_policy) == ("42:AAanother-token-value-0000000000", AccessPolicy.ALLOWLIST)
+    assert bot.allows(telegram_id=123, username=None) and bot.allows(telegram_id=9, username="ann")
+    assert not bot.allows(telegram_id=9, username="bob")
+    assert bot_from_environment(token=TOKEN, allowed_users="*").access_policy == AccessPolicy.OPEN
+    assert bot_from_environment(token="", allowed_users="") is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runbot_answers_warns_when_open_and_stops_cleanly_on_sigterm(
+    tmp_path, telegram: FakeTelegram, fake_openai: FakeOpenAI, processes
+):
+    """The process answers, logs that the bot is open and how to restrict it, never logs the token, and on
+    SIGTERM finishes the answer under way before exiting with status 0."""
+    bot = BotProcess(tmp_path, subprocess_env(telegram=telegram, openai=fake_openai))
+    processes.append(bot)
+    bot.wait_for_log("Jarvis is running")
+    assert "is open" in bot.output and "TELEGRAM_ALLOWED_USERS" in bot.output
+    fake_openai.enqueue(Behaviour(text="Finished before stopping", delay=2.0))
+    telegram.push_text(TOKEN, 901, "Take your time")
+    wait_until(lambda: fake_openai.in_flight, what="the model call to start")
+    assert bot.stop(signal.SIGTERM) == 0
+    [answer] = telegram.messages(TOKEN, 901)
+    assert answer.text == "Finished before stopping"
+    assert "Stopped." in bot.output
+    assert TOKEN.split(":", 1)[1] not in bot.output
+    assert "Traceback" not in bot.output
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("moment", ["before the first words", "in the middle of the answer"])
+def test_message_is_answered_exactly_once_after_a_crash(
+    tmp_path, telegram: FakeTelegram, fake_openai: FakeOpenAI, processes, moment: str
+):
+    """SIGKILL while the model is answering; after the restart the message is answered, exactly once."""
+    env = subprocess_env(telegram=telegram, openai=fake_openai)
+    first = BotProcess(tmp_path, env, "first")
+    processes.append(first)
+    first.wait_for_log("Jarvis is running")
+    if moment == "before the first words":
+        fake_openai.enqueue(Behaviour(text="too late", delay=30.0))
+    else:
+        fake_openai.enqueue(Behaviour(text="a b c d e f g h i j k l m n o p", chunk_chars=2, chunk_delay=3.0))
+    telegram.push_text(TOKEN, 902, "Please answer")
+    wait_until(lambda: fake_openai.in_flight, what="the model call to start")
+    if moment == "in the middle of the answer":
+        wait_until(lambda: telegram.messages(TOKEN, 902), what="the first words to be shown")
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    assert Message.objects.get(role=Role.ASSISTANT).status == MessageStatus.PENDING
+
+    fake_openai.enqueue(Behaviour(text="The answer, after the restart."))
+    second = BotProcess(tmp_path, env, "second")
+    processes.append(second)
+    try:
+        wait_until(
+            lambda: (
+                Message.objects.filter(role=Role.ASSISTANT, status=MessageStatus.COMPLETE).exists()
+                and not ProcessedUpdate.objects.filter(state=ProcessedUpdate.State.RECEIVED).exists()
+            ),
+            timeout=30,
+            what="the answer to be finished after the restart",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- first run ---\n{first.output}\n--- second run ---\n{second.output}") from None
+    time.sleep(1.5)  # room for a duplicate to show up, if there were one
+    assert second.stop(signal.SIGTERM) == 0
+    answers = telegram.messages(TOKEN, 902)
+    assert [a.text for a in answers] == ["The answer, after the restart."]
+    assert Message.objects.filter(role=Role.USER).count() == 1
+    [reply] = Message.objects.filter(role=Role.ASSISTANT)
+    assert reply.telegram_reply_ids == [answers[0].message_id]
+    assert "waiting when Jarvis stopped" in second.output

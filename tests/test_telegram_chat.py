@@ -1,0 +1,195 @@
+"""The Telegram bot chatting: answers through the funnel, streaming, long answers, formatting, flood control."""
+
+import itertools
+import logging
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from botapp.models import Conversation, Message, MessageStatus, Role, UsageRecord
+from tests.fakes.openai_server import Behaviour
+from tests.telegram_support import TOKEN, USERNAME, Running
+
+pytest_plugins = ["tests.telegram_support"]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@sync_to_async
+def stored(chat_id: int) -> list[tuple[str, str, str]]:
+    conversation = Conversation.objects.get(telegram_chat_id=chat_id, is_active=True)
+    return list(conversation.messages.order_by("id").values_list("role", "content", "status"))
+
+
+async def test_text_is_answered_and_stored_with_telegram_ids(jarvis: Running):
+    """A text goes through the funnel: the answer arrives, both messages are stored with their Telegram ids."""
+    update = jarvis.telegram.push_text(TOKEN, 501, "Hello Jarvis")
+    [answer] = await jarvis.answered(501)
+    assert answer.text == "Echo: Hello Jarvis"
+    assert answer.reply_to_message_id is None  # private chats need no quote
+    question, reply = await sync_to_async(lambda: list(Message.objects.order_by("id")))()
+    assert (question.role, question.content, question.telegram_message_id) == (
+        Role.USER,
+        "Hello Jarvis",
+        update["message"]["message_id"],
+    )
+    assert (reply.role, reply.status, reply.telegram_reply_ids) == (
+        Role.ASSISTANT,
+        MessageStatus.COMPLETE,
+        [answer.message_id],
+    )
+    assert await UsageRecord.objects.filter(message=reply).acount() == 1
+
+
+async def test_history_is_remembered_across_messages(jarvis: Running):
+    """The second question reaches the model with the first exchange before it."""
+    jarvis.telegram.push_text(TOKEN, 502, "My name is Ada")
+    await jarvis.wait_answers(502, 1)
+    jarvis.telegram.push_text(TOKEN, 502, "What is my name?")
+    await jarvis.answered(502, 2)
+    last = jarvis.openai.chat_requests()[-1].body["messages"]
+    assert [m["content"] for m in last[1:]] == ["My name is Ada", "Echo: My name is Ada", "What is my name?"]
+
+
+async def test_answer_streams_into_one_message_with_throttled_edits(jarvis: Running):
+    """A slow answer is shown by editing one message, at most about once a second, after "typing…"."""
+    text = " ".join(f"word{i}" for i in range(60))
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=6, chunk_delay=0.06))
+    jarvis.telegram.push_text(TOKEN, 503, "Tell me a story")
+    await jarvis.answered(503)
+    [answer] = jarvis.answers(503)
+    assert answer.text == text
+    assert answer.edits >= 2, "the answer should grow in place"
+    edits = [c.time for c in jarvis.telegram.calls("editMessageText") if c.chat_id == 503 and c.ok]
+    gaps = [b - a for a, b in itertools.pairwise(edits)]
+    assert min(gaps) >= 0.9, gaps
+    calls = [c.method for c in jarvis.telegram.calls() if c.chat_id == 503]
+    assert calls.index("sendChatAction") < calls.index("sendMessage")
+
+
+async def test_long_answer_is_split_into_messages_without_losing_anything(jarvis: Running):
+    """An answer over 4096 characters arrives as several messages, each within the limit, nothing cut off."""
+    paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 20 for i in range(40)]
+    text = "\n\n".join(paragraphs)
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=4000))
+    jarvis.telegram.push_text(TOKEN, 504, "Write a lot")
+    await jarvis.answered(504, 3)
+    answers = jarvis.answers(504)
+    assert len(answers) >= 3
+    assert all(len(a.text) <= 4096 for a in answers)
+    joined = "\n\n".join(a.text for a in answers)
+    assert joined.replace("\n", " ").split() == text.replace("\n", " ").split()
+    reply = await Message.objects.aget(role=Role.ASSISTANT)
+    assert reply.telegram_reply_ids == [a.message_id for a in answers]
+
+
+async def test_markdown_is_sent_as_html(jarvis: Running):
+    """The model's Markdown arrives as Telegram HTML: bold and code become entities."""
+    jarvis.openai.enqueue(Behaviour(text="This is **bold** and `code`.\n\n```python\nprint(1 < 2)\n```"))
+    jarvis.telegram.push_text(TOKEN, 505, "Format something")
+    [answer] = await jarvis.answered(505)
+    assert answer.parse_mode == "HTML"
+    assert {e["type"] for e in answer.entities} >= {"bold", "code", "pre"}
+    assert "print(1 < 2)" in answer.text
+
+
+async def test_rejected_html_is_sent_again_as_plain_text(jarvis: Running):
+    """When Telegram cannot parse the entities, the same answer goes out as plain text."""
+    jarvis.telegram.fail_next(
+        "sendMessage", 400, description='Bad Request: can\'t parse entities: Unsupported start tag "x"', times=1
+    )
+    jarvis.telegram.push_text(TOKEN, 506, "Say **hi**")
+    [answer] = await jarvis.answered(506)
+    assert answer.parse_mode is None
+    assert answer.text == "Echo: Say **hi**"
+
+
+async def test_rejected_html_in_an_edit_falls_back_to_plain_text(jarvis: Running):
+    """When Telegram refuses the HTML of an edit, the same text is sent as a plain edit and the answer goes on."""
+    text = "Some **bold** words and then the rest of a longer answer."
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=12, chunk_delay=0.3))
+    jarvis.telegram.fail_next(
+        "editMessageText", 400, description="Bad Request: can't parse entities: Can't find end tag", times=1
+    )
+    jarvis.telegram.push_text(TOKEN, 511, "Go")
+    [answer] = await jarvis.answered(511)
+    refused, plain = [c for c in jarvis.telegram.calls("editMessageText") if c.chat_id == 511][:2]
+    assert (refused.status, refused.params.get("parse_mode")) == (400, "HTML")
+    assert (plain.status, plain.params.get("parse_mode")) == (200, None)
+    assert plain.params["text"] == refused.params["text"].replace("<b>", "**").replace("</b>", "**")
+    assert answer.text == "Some bold words and then the rest of a longer answer."
+
+
+async def test_message_not_modified_is_not_an_error(jarvis: Running):
+    """An edit answered "message is not modified" is taken as done: no error reaches the person."""
+    jarvis.openai.enqueue(Behaviour(text="First words. And the rest of the answer.", chunk_chars=12, chunk_delay=0.4))
+    jarvis.telegram.fail_next(
+        "editMessageText",
+        400,
+        description="Bad Request: message is not modified: specified new message content and reply markup are "
+        "exactly the same as a current content and reply markup of the message",
+        times=5,
+    )
+    jarvis.telegram.push_text(TOKEN, 507, "Go")
+    answers = await jarvis.answered(507)
+    assert len(answers) == 1, [a.text for a in answers]
+    assert answers[0].text.startswith("First words.")
+    assert len([c for c in jarvis.telegram.calls("editMessageText") if c.status == 400]) >= 1
+    reply = await Message.objects.aget(role=Role.ASSISTANT)
+    assert reply.status == MessageStatus.COMPLETE
+    assert reply.telegram_reply_ids == [answers[0].message_id]
+
+
+async def test_flood_control_is_honoured_and_the_answer_arrives(jarvis: Running):
+    """A 429 with retry_after is waited out: the whole answer still arrives, after the wait."""
+    jarvis.telegram.fail_next("sendMessage", 429, retry_after=1, times=1, chat_id=508)
+    jarvis.telegram.push_text(TOKEN, 508, "Hi")
+    [answer] = await jarvis.answered(508)
+    assert answer.text == "Echo: Hi"
+    sends = [c for c in jarvis.telegram.calls("sendMessage") if c.chat_id == 508]
+    assert [c.status for c in sends] == [429, 200]
+    assert sends[1].time - sends[0].time >= 1.0
+
+
+async def test_provider_down_is_reported_and_the_next_message_works(jarvis: Running):
+    """With the provider failing, the person reads a sentence; once it is back, the next message is answered."""
+    jarvis.openai.enqueue(*[Behaviour(status=500) for _ in range(3)])
+    jarvis.telegram.push_text(TOKEN, 509, "Are you there?")
+    [failure] = await jarvis.answered(509)
+    assert "AI service" in failure.text and "try again" in failure.text
+    jarvis.telegram.push_text(TOKEN, 509, "And now?")
+    await jarvis.answered(509, 2)
+    assert jarvis.answers(509)[-1].text == "Echo: And now?"
+    assert [row[2] for row in await stored(509)] == [
+        MessageStatus.FAILED,
+        MessageStatus.FAILED,
+        MessageStatus.COMPLETE,
+        MessageStatus.COMPLETE,
+    ]
+
+
+async def test_group_answers_are_edited_more_slowly(jarvis: Running):
+    """In a group the growing answer is edited at most about once every three seconds."""
+    text = " ".join(f"word{i}" for i in range(40))
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=20, chunk_delay=0.35))
+    jarvis.telegram.push_text(TOKEN, -100777, f"@{USERNAME} tell me", user_id=77)
+    [answer] = await jarvis.answered(-100777, timeout=20)
+    assert answer.text == text
+    writes = [
+        c.time
+        for c in jarvis.telegram.calls()
+        if c.chat_id == -100777 and c.method in ("sendMessage", "editMessageText")
+    ]
+    assert len(writes) >= 2
+    gaps = [b - a for a, b in itertools.pairwise(writes)]
+    assert min(gaps) >= 2.9, gaps
+
+
+async def test_a_failing_handler_is_logged_and_the_person_told(jarvis: Running, caplog):
+    """An unexpected Bot API error is logged first, then the person reads that something went wrong."""
+    jarvis.telegram.fail_next("sendMessage", 400, description="Bad Request: something unexpected", chat_id=510)
+    with caplog.at_level(logging.ERROR, logger="botapp.telegram.handlers"):
+        jarvis.telegram.push_text(TOKEN, 510, "/caps boom")
+        [answer] = await jarvis.answered(510)
+    assert "something went wrong" in answer.text
+    [record] = [r for r in caplog.records if r.name == "botapp.telegram.handlers"]
+    assert "could not be handled" in record.getMessage() and record.exc_info is not None

@@ -1,0 +1,153 @@
+"""The bot's commands in English and Simplified Chinese, inline mode, and the command menu."""
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from botapp.models import Conversation, MessageStatus, Persona, Role, TelegramLinkCode
+from tests.factories import PersonaFactory
+from tests.fakes.openai_server import Behaviour
+from tests.telegram_support import TOKEN, Running
+
+pytest_plugins = ["tests.telegram_support"]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_start_greets_like_the_seed_in_chinese_and_english(jarvis: Running):
+    """/start answers with the seed's greeting in Chinese for a Chinese client, and in English otherwise."""
+    jarvis.telegram.push_text(TOKEN, 601, "/start", language_code="zh-hans")
+    jarvis.telegram.push_text(TOKEN, 602, "/start", language_code="en")
+    [chinese] = await jarvis.answered(601)
+    [english] = await jarvis.answered(602)
+    assert chinese.text.startswith("您好先生，我是Jarvis，您的tg助理！")
+    assert english.text.startswith("Hello sir, I am Jarvis, your Telegram assistant!")
+    assert jarvis.openai.chat_requests() == []
+
+
+async def test_help_lists_the_commands_in_the_users_language(jarvis: Running):
+    """/help lists every command, translated for a Chinese client."""
+    jarvis.telegram.push_text(TOKEN, 603, "/help", language_code="zh")
+    [text] = await jarvis.answered(603)
+    for command in ("/new", "/mode", "/stats", "/retry", "/caps", "/link"):
+        assert command in text.text
+    assert "开始新的对话" in text.text
+
+
+async def test_command_menu_is_registered_in_english_and_chinese(jarvis: Running):
+    """setMyCommands at start-up: an English default menu and a Chinese one."""
+    english = jarvis.telegram.commands(TOKEN)
+    chinese = jarvis.telegram.commands(TOKEN, language_code="zh")
+    assert [c["command"] for c in english] == [c["command"] for c in chinese]
+    assert {"start", "help", "new", "mode", "stats", "retry", "caps", "link"} <= {c["command"] for c in english}
+    assert english[0]["description"] != chinese[0]["description"]
+
+
+async def test_new_starts_a_fresh_conversation(jarvis: Running):
+    """/new (and /reset) starts a conversation without the earlier messages; the old one is kept."""
+    jarvis.telegram.push_text(TOKEN, 604, "Remember the number 42")
+    await jarvis.answered(604, 1)
+    jarvis.telegram.push_text(TOKEN, 604, "/reset")
+    await jarvis.answered(604, 2)
+    jarvis.telegram.push_text(TOKEN, 604, "Which number?")
+    await jarvis.answered(604, 3)
+    last = jarvis.openai.chat_requests()[-1].body["messages"]
+    assert [m["content"] for m in last if m["role"] != "system"] == ["Which number?"]
+    assert await Conversation.objects.filter(telegram_chat_id=604).acount() == 2
+
+
+async def test_mode_offers_personas_and_the_choice_changes_the_prompt(jarvis: Running):
+    """/mode shows a button per active persona; pressing one switches the conversation's system prompt."""
+    pirate = await sync_to_async(PersonaFactory)(name="Pirate", system_prompt="Talk like a pirate.")
+    await sync_to_async(PersonaFactory)(name="Hidden", is_active=False)
+    jarvis.telegram.push_text(TOKEN, 605, "/mode")
+    [menu] = await jarvis.answered(605)
+    buttons = [row[0] for row in menu.reply_markup["inline_keyboard"]]
+    names = [b["text"].removeprefix("✓ ") for b in buttons]
+    assert "Pirate" in names and "Jarvis" in names and "Hidden" not in names
+    choice = next(b for b in buttons if b["text"] == "Pirate")
+    jarvis.telegram.push_callback_query(TOKEN, 605, menu.message_id, choice["callback_data"])
+    await jarvis.telegram.await_for(lambda: jarvis.telegram.calls("answerCallbackQuery"))
+    await jarvis.settled()
+    jarvis.telegram.push_text(TOKEN, 605, "Hello")
+    await jarvis.answered(605, 2)
+    system = jarvis.openai.chat_requests()[-1].body["messages"][0]
+    assert system == {"role": "system", "content": pirate.system_prompt}
+    assert (await Conversation.objects.aget(telegram_chat_id=605)).persona_id == pirate.pk
+
+
+async def test_stats_shows_tokens_cost_and_budget(jarvis: Running, settings):
+    """/stats reports today's, this month's and all-time tokens and cost, and the budget left."""
+    settings.DEFAULT_DAILY_BUDGET_USD = "1.00"
+    jarvis.openai.enqueue(Behaviour(text="ok", usage={"prompt_tokens": 1000, "completion_tokens": 500}))
+    jarvis.telegram.push_text(TOKEN, 606, "Spend something")
+    await jarvis.answered(606, 1)
+    jarvis.telegram.push_text(TOKEN, 606, "/stats")
+    stats = (await jarvis.answered(606, 2))[-1].text
+    # 1000 × $0.15/M + 500 × $0.60/M = $0.00045
+    assert stats.count("1,500 tokens, $0.0004") == 3 or stats.count("1,500 tokens, $0.0005") == 3, stats
+    assert "$0.9996 left of $1.0000" in stats or "$0.9995 left of $1.0000" in stats, stats
+    assert "unlimited" in stats  # no monthly budget
+
+
+async def test_retry_answers_the_last_question_again(jarvis: Running):
+    """/retry asks the model again; the earlier answer is kept on record as superseded."""
+    jarvis.openai.enqueue(Behaviour(text="First try"), Behaviour(text="Second try"))
+    jarvis.telegram.push_text(TOKEN, 607, "Question")
+    await jarvis.answered(607, 1)
+    jarvis.telegram.push_text(TOKEN, 607, "/retry")
+    answers = await jarvis.answered(607, 2)
+    assert [a.text for a in answers] == ["First try", "Second try"]
+    statuses = await sync_to_async(
+        lambda: list(
+            Conversation.objects.get(telegram_chat_id=607)
+            .messages.filter(role=Role.ASSISTANT)
+            .order_by("id")
+            .values_list("status", flat=True)
+        )
+    )()
+    assert statuses == [MessageStatus.SUPERSEDED, MessageStatus.COMPLETE]
+
+
+async def test_retry_with_nothing_to_retry_says_so(jarvis: Running):
+    """/retry in a new chat explains there is nothing to answer again, without a model call."""
+    jarvis.telegram.push_text(TOKEN, 608, "/retry")
+    [answer] = await jarvis.answered(608)
+    assert "nothing to answer again" in answer.text
+    assert jarvis.openai.chat_requests() == []
+
+
+async def test_caps_and_inline_caps_shout_like_the_seed(jarvis: Running):
+    """/caps shouts its arguments back; inline mode offers the same in capitals."""
+    jarvis.telegram.push_text(TOKEN, 609, "/caps i love you")
+    [answer] = await jarvis.answered(609)
+    assert answer.text == "I LOVE YOU"
+    update = jarvis.telegram.push_inline_query(TOKEN, "make me loud", user_id=609)
+    [call] = await jarvis.telegram.await_for(lambda: jarvis.telegram.calls("answerInlineQuery"))
+    assert call.params["inline_query_id"] == update["inline_query"]["id"]
+    [result] = call.params["results"]
+    assert result["input_message_content"]["message_text"] == "MAKE ME LOUD"
+
+
+async def test_unknown_command_gets_a_reply(jarvis: Running):
+    """An unknown command is answered (the seed's spirit), without a model call."""
+    jarvis.telegram.push_text(TOKEN, 610, "/frobnicate", language_code="zh-CN")
+    [answer] = await jarvis.answered(610)
+    assert "这是嘛意思" in answer.text and "/help" in answer.text
+    assert jarvis.openai.chat_requests() == []
+
+
+async def test_link_gives_a_code_for_the_web_page(jarvis: Running):
+    """/link replies with a fresh one-time code and says where to enter it."""
+    jarvis.telegram.push_text(TOKEN, 611, "/link")
+    [answer] = await jarvis.answered(611)
+    code = await TelegramLinkCode.objects.select_related("identity").aget()
+    assert code.identity.telegram_id == 611
+    assert code.code in answer.text and "/link/" in answer.text
+
+
+async def test_persona_list_is_read_from_the_database(jarvis: Running):
+    """The default persona is offered by /mode and marked as the current one."""
+    jarvis.telegram.push_text(TOKEN, 612, "/mode")
+    [menu] = await jarvis.answered(612)
+    jarvis_persona = await Persona.objects.aget(name="Jarvis")
+    current = [b for row in menu.reply_markup["inline_keyboard"] for b in row if b["text"].startswith("✓ ")]
+    assert [b["callback_data"] for b in current] == [f"persona:{jarvis_persona.pk}"]

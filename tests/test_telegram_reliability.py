@@ -1,0 +1,77 @@
+"""Reliability: chats run side by side, one chat in order, redeliveries answered once."""
+
+import os
+import time
+
+import pytest
+
+from botapp.models import Message, ProcessedUpdate, Role
+from tests.fakes.openai_server import Behaviour
+from tests.telegram_support import TOKEN, Running
+
+pytest_plugins = ["tests.telegram_support"]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# 300 at once is measured with JARVIS_TEST_CHATS=300 (see the report); 100 keeps the suite quick.
+CHATS = int(os.environ.get("JARVIS_TEST_CHATS", "100"))
+MODEL_SECONDS = 1.0
+
+
+async def test_many_chats_are_answered_concurrently(jarvis: Running):
+    """Many chats writing at once, with a model that takes 1 s each, do not wait for each other."""
+    jarvis.openai.default = Behaviour(delay=MODEL_SECONDS)
+    started = time.monotonic()
+    for chat_id in range(10_000, 10_000 + CHATS):
+        jarvis.telegram.push_text(TOKEN, chat_id, f"hello from {chat_id}")
+
+    def all_answered() -> bool:
+        return all(jarvis.answers(chat_id) for chat_id in range(10_000, 10_000 + CHATS))
+
+    await jarvis.telegram.await_for(all_answered, timeout=90, interval=1.0)
+    elapsed = time.monotonic() - started
+    await jarvis.settled(timeout=60)
+    # One after another this would take more than CHATS × MODEL_SECONDS; the rest is database and HTTP work
+    # on a small shared machine.
+    assert elapsed < CHATS * MODEL_SECONDS / 3, f"{CHATS} chats took {elapsed:.1f} s"
+    assert jarvis.openai.max_in_flight >= CHATS / 5
+    for chat_id in (10_000, 10_000 + CHATS - 1):
+        assert jarvis.answers(chat_id)[0].text == f"Echo: hello from {chat_id}"
+    print(f"\n{CHATS} chats answered in {elapsed:.1f} s, {jarvis.openai.max_in_flight} model calls at once")  # noqa: T201
+
+
+async def test_messages_in_one_chat_are_answered_in_order(jarvis: Running):
+    """Two messages in one chat: the slow first is answered before the fast second, which sees it in context."""
+    jarvis.openai.enqueue(Behaviour(text="first answer", delay=1.0), Behaviour(text="second answer"))
+    jarvis.telegram.push_text(TOKEN, 801, "first")
+    jarvis.telegram.push_text(TOKEN, 801, "second")
+    answers = await jarvis.answered(801, 2)
+    assert [a.text for a in answers] == ["first answer", "second answer"]
+    first, second = jarvis.openai.chat_requests()
+    assert second.started >= first.finished
+    assert [m["content"] for m in second.body["messages"][1:]] == ["first", "first answer", "second"]
+
+
+async def test_redelivered_update_is_answered_once(jarvis: Running):
+    """Telegram delivering the same update twice (same update_id) gets one answer and one model call."""
+    update = jarvis.telegram.push_text(TOKEN, 802, "only once please")
+    await jarvis.answered(802)
+    jarvis.telegram.push_update(TOKEN, update)
+    await jarvis.telegram.await_for(lambda: not jarvis.telegram.pending_updates(TOKEN), timeout=5)
+    jarvis.telegram.push_text(TOKEN, 802, "next")  # handled after the duplicate, so the duplicate was seen
+    answers = await jarvis.answered(802, 2)
+    assert [a.text for a in answers] == ["Echo: only once please", "Echo: next"]
+    assert len(jarvis.openai.chat_requests()) == 2
+    assert await Message.objects.filter(role=Role.USER, content="only once please").acount() == 1
+    row = await ProcessedUpdate.objects.aget(update_id=update["update_id"])
+    assert row.state == ProcessedUpdate.State.DONE
+
+
+async def test_redelivered_command_is_answered_once(jarvis: Running):
+    """A redelivered update is dropped on its update id, even one that leaves nothing else behind (/caps)."""
+    update = jarvis.telegram.push_text(TOKEN, 803, "/caps once")
+    await jarvis.answered(803)
+    jarvis.telegram.push_update(TOKEN, update)
+    await jarvis.telegram.await_for(lambda: not jarvis.telegram.pending_updates(TOKEN), timeout=5)
+    jarvis.telegram.push_text(TOKEN, 803, "/caps twice")
+    answers = await jarvis.answered(803, 2)
+    assert [a.text for a in answers] == ["ONCE", "TWICE"]
