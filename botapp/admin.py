@@ -1,10 +1,30 @@
-"""Django admin for Jarvis: a simple, read-mostly view of the data (the full admin comes later)."""
+"""Django admin for Jarvis: people, bots, personas, prices, conversations, the ledger and the usage dashboard."""
+
+from __future__ import annotations
+
+from functools import cached_property
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.formats import number_format
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
+from botapp import admin_views
+from botapp.broadcast import BroadcastError, broadcast_create
 from botapp.models import (
     Bot,
+    BotUser,
+    Broadcast,
     Conversation,
     Message,
     ModelPrice,
@@ -13,14 +33,171 @@ from botapp.models import (
     TelegramIdentity,
     UsageRecord,
 )
+from botapp.selectors import (
+    conversation_transcript,
+    conversations_with_totals,
+    table_row_estimate,
+    users_with_month_totals,
+)
+from botapp.staff import (
+    TokenCheckError,
+    bot_token_check,
+    conversations_export_json,
+    conversations_export_markdown,
+    profiles_set_blocked,
+)
+
+User = get_user_model()
+
+
+def money(value: object) -> str:
+    return f"${value:,.4f}" if value is not None else "-"
+
+
+# --- Large tables -------------------------------------------------------------------------------
+
+
+class EstimatedCountPaginator(Paginator):
+    """Counts at most CAP rows; past that, an unfiltered table's size is estimated, never scanned.
+
+    A filtered selection larger than CAP shows as CAP + 1 rows: narrow the filter to see the rest.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        capped = queryset.order_by().values("pk")[: self.CAP + 1].count()
+        if capped <= self.CAP:
+            return capped
+        if not queryset.query.where:
+            estimate = table_row_estimate(queryset.model)
+            if estimate is not None and estimate > self.CAP:
+                return estimate
+        return capped
+
+
+class LargeTableAdmin(admin.ModelAdmin):
+    """A changelist that stays fast on a table of millions of rows: no full COUNT(*) per page."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    list_per_page = 50
+
+
+class ReadOnlyAdmin(LargeTableAdmin):
+    """Rows the admin may read and never change: messages and the append-only ledger."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+# --- People -------------------------------------------------------------------------------------
+
+
+class ProfileInline(admin.StackedInline):
+    model = Profile
+    fields = ["is_blocked", "daily_budget_usd", "monthly_budget_usd", "unlimited_budget", "language_code"]
+    can_delete = False
+    max_num = 1
+    verbose_name_plural = _("Access and budget")
+
+
+class TelegramIdentityInline(admin.StackedInline):
+    model = TelegramIdentity
+    fields = ["telegram_id", "username", "first_name", "last_name", "language_code", "created_at", "updated_at"]
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    max_num = 1
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class JarvisUserAdmin(UserAdmin):
+    inlines = [ProfileInline, TelegramIdentityInline]
+    list_display = [
+        "username",
+        "telegram_account",
+        "is_staff",
+        "blocked",
+        "month_messages",
+        "month_tokens",
+        "month_cost",
+        "last_login",
+    ]
+    list_filter = ["is_staff", "is_active", "jarvis_profile__is_blocked"]
+    list_select_related = ["telegram", "jarvis_profile"]
+    search_fields = ["username", "email", "first_name", "last_name", "telegram__username", "=telegram__telegram_id"]
+    actions = ["block", "unblock"]
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return users_with_month_totals(super().get_queryset(request))
+
+    @admin.display(description=_("Telegram"), ordering="telegram__username")
+    def telegram_account(self, obj: User) -> str:
+        identity = getattr(obj, "telegram", None)
+        return str(identity) if identity else "-"
+
+    @admin.display(description=_("blocked"), boolean=True, ordering="jarvis_profile__is_blocked")
+    def blocked(self, obj: User) -> bool:
+        profile = getattr(obj, "jarvis_profile", None)
+        return bool(profile and profile.is_blocked)
+
+    @admin.display(description=_("messages this month"), ordering="month_messages")
+    def month_messages(self, obj: User) -> str:
+        return number_format(obj.month_messages, force_grouping=True)
+
+    @admin.display(description=_("tokens this month"), ordering="month_tokens")
+    def month_tokens(self, obj: User) -> str:
+        return number_format(obj.month_tokens, force_grouping=True)
+
+    @admin.display(description=_("cost this month"), ordering="month_cost")
+    def month_cost(self, obj: User) -> str:
+        return money(obj.month_cost)
+
+    @admin.action(description=_("Block the selected people (no answers, no spend)"))
+    def block(self, request: HttpRequest, queryset: QuerySet) -> None:
+        changed = profiles_set_blocked(users=queryset, blocked=True)
+        self.message_user(request, ngettext("%d person blocked.", "%d people blocked.", changed) % changed)
+
+    @admin.action(description=_("Unblock the selected people"))
+    def unblock(self, request: HttpRequest, queryset: QuerySet) -> None:
+        changed = profiles_set_blocked(users=queryset, blocked=False)
+        self.message_user(request, ngettext("%d person unblocked.", "%d people unblocked.", changed) % changed)
+
+
+@admin.register(TelegramIdentity)
+class TelegramIdentityAdmin(LargeTableAdmin):
+    list_display = ["telegram_id", "username", "first_name", "language_code", "user", "created_at"]
+    list_select_related = ["user"]
+    raw_id_fields = ["user"]
+    search_fields = ["username", "=telegram_id"]
+
+
+# --- Bots ---------------------------------------------------------------------------------------
 
 
 class BotForm(forms.ModelForm):
     new_token = forms.CharField(
-        label="Token",
+        label=_("Token"),
         required=False,
         widget=forms.PasswordInput(render_value=False),
-        help_text="Leave empty to keep the current token. It is stored encrypted and never shown in full.",
+        help_text=_("Leave empty to keep the current token. It is stored encrypted and never shown in full."),
     )
 
     class Meta:
@@ -30,7 +207,7 @@ class BotForm(forms.ModelForm):
     def clean(self) -> dict:
         cleaned = super().clean()
         if not self.instance.token_encrypted and not cleaned.get("new_token"):
-            self.add_error("new_token", "A new bot needs its token from @BotFather.")
+            self.add_error("new_token", _("A new bot needs its token from @BotFather."))
         return cleaned
 
     def save(self, commit: bool = True) -> Bot:
@@ -39,16 +216,106 @@ class BotForm(forms.ModelForm):
         return super().save(commit=commit)
 
 
+class BroadcastForm(forms.Form):
+    text = forms.CharField(
+        label=_("Message"),
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 80}),
+        help_text=_("Plain text, sent to everyone who has talked to the bot and has not blocked it."),
+    )
+
+
 @admin.register(Bot)
 class BotAdmin(admin.ModelAdmin):
     form = BotForm
     list_display = ["name", "token_hint", "telegram_username", "enabled", "default_persona", "access_policy"]
+    list_filter = ["enabled", "access_policy"]
+    list_select_related = ["default_persona"]
     readonly_fields = ["token_hint", "telegram_username"]
+    actions = ["check_token", "send_broadcast"]
+
+    @admin.action(description=_("Check the token with Telegram (getMe)"))
+    def check_token(self, request: HttpRequest, queryset: QuerySet[Bot]) -> None:
+        for bot in queryset:
+            try:
+                username = bot_token_check(bot=bot)
+            except TokenCheckError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    _("The token of bot “%(bot)s” works: Telegram says it is @%(username)s.")
+                    % {"bot": bot, "username": username},
+                    messages.SUCCESS,
+                )
+
+    @admin.action(description=_("Send a broadcast to the bot's users"))
+    def send_broadcast(self, request: HttpRequest, queryset: QuerySet[Bot]) -> TemplateResponse | None:
+        form = BroadcastForm(request.POST if "send" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            for bot in queryset:
+                try:
+                    broadcast = broadcast_create(bot=bot, text=form.cleaned_data["text"], created_by=request.user)
+                except BroadcastError as exc:
+                    form.add_error("text", str(exc))
+                    break
+                self.message_user(
+                    request,
+                    _("Broadcast %(id)s to the users of “%(bot)s” is queued; its progress is under Broadcasts.")
+                    % {"id": broadcast.pk, "bot": bot},
+                    messages.SUCCESS,
+                )
+            else:
+                return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Send a broadcast"),
+            "opts": self.model._meta,
+            "form": form,
+            "bots": list(queryset),
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action": "send_broadcast",
+        }
+        return TemplateResponse(request, "admin/botapp/bot/broadcast.html", context)
+
+
+@admin.register(Broadcast)
+class BroadcastAdmin(ReadOnlyAdmin):
+    list_display = ["id", "bot", "short_text", "state", "sent_count", "failed_count", "blocked_count", "created_at"]
+    list_filter = ["state", "bot"]
+    list_select_related = ["bot"]
+    fields = [
+        "bot",
+        "text",
+        "created_by",
+        "state",
+        "sent_count",
+        "failed_count",
+        "blocked_count",
+        "created_at",
+        "finished_at",
+    ]
+
+    @admin.display(description=_("text"))
+    def short_text(self, obj: Broadcast) -> str:
+        return Truncator(obj.text).chars(60)
+
+
+@admin.register(BotUser)
+class BotUserAdmin(ReadOnlyAdmin):
+    list_display = ["identity", "bot", "first_seen", "blocked_bot_at"]
+    list_filter = ["bot", ("blocked_bot_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["identity", "bot"]
+    search_fields = ["identity__username", "=identity__telegram_id"]
+
+
+# --- Personas and prices ------------------------------------------------------------------------
 
 
 @admin.register(Persona)
 class PersonaAdmin(admin.ModelAdmin):
     list_display = ["name", "model", "temperature", "max_output_tokens", "is_active"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "model"]
 
 
 @admin.register(ModelPrice)
@@ -61,65 +328,134 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "audio_per_minute",
         "valid_from",
     ]
-    list_filter = ["model"]
+    search_fields = ["model"]
+    # A price change is best a new row from a new date: the ledger keeps the prices it used either way.
+    save_as = True
 
 
-@admin.register(Profile)
-class ProfileAdmin(admin.ModelAdmin):
-    list_display = ["user", "is_blocked", "daily_budget_usd", "monthly_budget_usd", "unlimited_budget"]
-    list_select_related = ["user"]
-    raw_id_fields = ["user"]
-
-
-@admin.register(TelegramIdentity)
-class TelegramIdentityAdmin(admin.ModelAdmin):
-    list_display = ["telegram_id", "username", "first_name", "language_code", "user", "created_at"]
-    list_select_related = ["user"]
-    raw_id_fields = ["user"]
-    search_fields = ["username", "=telegram_id"]
-
-
-class MessageInline(admin.TabularInline):
-    model = Message
-    fields = ["role", "content", "status", "input_tokens", "output_tokens", "created_at"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
+# --- Conversations, messages and the ledger -----------------------------------------------------
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "user", "channel", "bot", "persona", "updated_at"]
-    list_filter = ["channel"]
+class ConversationAdmin(LargeTableAdmin):
+    list_display = ["__str__", "user", "channel", "bot", "persona", "message_count", "cost", "updated_at"]
+    list_filter = ["channel", "bot", "persona", "is_active", "created_at"]
     list_select_related = ["user", "bot", "persona"]
-    raw_id_fields = ["user"]
-    inlines = [MessageInline]
+    search_fields = ["title", "user__username", "user__telegram__username", "messages__content"]
+    search_help_text = _("Search by title, username, Telegram username or the text of any message.")
+    fields = ["title", "user", "channel", "bot", "telegram_chat_id", "persona", "model", "is_active", "summary"]
+    readonly_fields = ["user", "channel", "bot", "telegram_chat_id"]
+    actions = ["export_markdown", "export_json"]
+    change_form_template = "admin/botapp/conversation/change_form.html"
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return conversations_with_totals(super().get_queryset(request))
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+    @admin.display(description=_("messages"), ordering="message_count")
+    def message_count(self, obj: Conversation) -> int:
+        return obj.message_count
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+    @admin.display(description=_("cost"))
+    def cost(self, obj: Conversation) -> str:
+        return money(obj.total_cost)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        conversation = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if conversation is not None:
+            transcript = conversation_transcript(conversation=conversation)
+            extra_context.update(
+                transcript=transcript,
+                transcript_truncated=len(transcript) < conversation.message_count,
+                conversation_cost=conversation.total_cost,
+                conversation_messages=conversation.message_count,
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.action(description=_("Export the selected conversations as Markdown"))
+    def export_markdown(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
+        body = conversations_export_markdown(ids=queryset.values_list("pk", flat=True))
+        response = HttpResponse(body, content_type="text/markdown; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="conversations.md"'
+        return response
+
+    @admin.action(description=_("Export the selected conversations as JSON"))
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
+        body = conversations_export_json(ids=queryset.values_list("pk", flat=True))
+        response = HttpResponse(body, content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="conversations.json"'
+        return response
 
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdmin):
-    list_display = ["id", "conversation", "role", "status", "input_tokens", "output_tokens", "created_at"]
+    list_display = [
+        "id",
+        "conversation_link",
+        "role",
+        "status",
+        "short_content",
+        "input_tokens",
+        "output_tokens",
+        "created_at",
+    ]
     list_filter = ["role", "status"]
     list_select_related = ["conversation"]
+    search_fields = ["content", "=conversation__id"]
+    search_help_text = _("Search the text of messages, or =ID for a conversation's messages.")
+    ordering = ["-id"]
+
+    @admin.display(description=_("conversation"))
+    def conversation_link(self, obj: Message) -> str:
+        url = reverse("admin:botapp_conversation_change", args=[obj.conversation_id])
+        return format_html('<a href="{}">{}</a>', url, obj.conversation)
+
+    @admin.display(description=_("content"))
+    def short_content(self, obj: Message) -> str:
+        return Truncator(obj.content or obj.error).chars(80)
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "user", "kind", "model", "input_tokens", "output_tokens", "cost_usd", "status"]
-    list_filter = ["kind", "status", "channel"]
-    list_select_related = ["user"]
+    list_display = [
+        "created_at",
+        "user",
+        "channel",
+        "bot",
+        "model",
+        "kind",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+        "priced",
+        "status",
+    ]
+    list_filter = ["kind", "status", "channel", "priced", "bot"]
+    list_select_related = ["user", "bot"]
+    search_fields = ["=model", "user__username"]
+    # The ledger is appended to in time order, so newest-appended first needs no extra index.
+    ordering = ["-id"]
+    change_list_template = "admin/botapp/usagerecord/change_list.html"
+
+    @admin.display(description=_("cost (USD)"), ordering="cost_usd")
+    def cost(self, obj: UsageRecord) -> str:
+        return money(obj.cost_usd)
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("dashboard/", wrap(self.dashboard_view), name="botapp_usage_dashboard"),
+            path("dashboard/ledger.csv", wrap(self.ledger_csv_view), name="botapp_usage_ledger_csv"),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        return admin_views.usage_dashboard(request, model_admin=self)
+
+    def ledger_csv_view(self, request: HttpRequest) -> HttpResponse:
+        return admin_views.usage_ledger_csv(request, model_admin=self)

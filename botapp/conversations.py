@@ -31,6 +31,7 @@ from botapp.models import (
     Conversation,
     Message,
     MessageStatus,
+    ModelPrice,
     Persona,
     Role,
     UsageKind,
@@ -160,9 +161,13 @@ def _persona(conversation: Conversation) -> Persona | None:
     return conversation.persona
 
 
-def context_budget(*, model: str, max_output_tokens: int) -> int:
+_LOOK_UP = object()
+
+
+def context_budget(*, model: str, max_output_tokens: int, price: ModelPrice | object | None = _LOOK_UP) -> int:
     """Tokens the request may take: the model's window less room for the answer, capped by the setting."""
-    price = price_in_force(model=model)
+    if price is _LOOK_UP:
+        price = price_in_force(model=model)
     budget = settings.CONTEXT_TOKEN_BUDGET
     if price is not None and price.context_window:
         budget = min(budget, price.context_window - max_output_tokens)
@@ -188,6 +193,10 @@ class Context:
     temperature: float | None
     max_output_tokens: int
     input_tokens: int
+    # The price in force when the call was made: what it is charged at.
+    price: ModelPrice | None
+    # Older history was left out: time for the summary job.
+    history_trimmed: bool
 
 
 def context_build(turn: Turn) -> Context:
@@ -204,7 +213,8 @@ def context_build(turn: Turn) -> Context:
         head.append(
             {"role": "system", "content": _("Summary of the earlier conversation:") + "\n" + conversation.summary}
         )
-    budget = context_budget(model=model, max_output_tokens=max_output)
+    price = price_in_force(model=model)
+    budget = context_budget(model=model, max_output_tokens=max_output, price=price)
     used = llm.count_message_tokens(head, model=model)
     rows = (
         Message.objects.filter(
@@ -218,12 +228,17 @@ def context_build(turn: Turn) -> Context:
         .order_by("-id")[:CONTEXT_SCAN_LIMIT]
     )
     picked: list[Message] = []
+    history_trimmed = False
     for row in rows:
         cost = row.token_count + llm.TOKENS_PER_MESSAGE
         if used + cost > budget:
+            history_trimmed = True
             break
         picked.append(row)
         used += cost
+    else:
+        # All that was read fitted; a scan that stopped at its limit still left older messages out.
+        history_trimmed = len(picked) >= CONTEXT_SCAN_LIMIT
     if not picked or picked[0].id != turn.user_message.id:
         limit = max(budget - llm.count_message_tokens(head, model=model), 0)
         raise ReplyRefused(
@@ -240,6 +255,8 @@ def context_build(turn: Turn) -> Context:
         temperature=float(persona.temperature) if persona else None,
         max_output_tokens=max_output,
         input_tokens=used,
+        price=price,
+        history_trimmed=history_trimmed,
     )
 
 
@@ -317,7 +334,7 @@ def _refuse(turn: Turn, sentence: str) -> None:
 
 def _check_and_build(turn: Turn) -> Context:
     # A background job may have summarised the conversation since the turn was read.
-    turn.conversation.refresh_from_db(fields=["summary", "summary_until_id", "persona", "model"])
+    turn.conversation.refresh_from_db(fields=["title", "summary", "summary_until_id", "persona", "model"])
     sender = turn.user_message.sender or turn.conversation.user
     if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:
         raise ReplyRefused(
@@ -378,7 +395,7 @@ def _store_answer(
         if status == MessageStatus.FAILED and not text:
             Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
         Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at)
-        if status == MessageStatus.COMPLETE:
+        if status == MessageStatus.COMPLETE and (not turn.conversation.title or context.history_trimmed):
             # A worker titles new conversations and summarises long ones (botapp.tasks), once this is committed.
             pk = turn.conversation.pk
             options = {"task_name": f"followups of conversation {pk}", "save": False}
@@ -400,6 +417,7 @@ def _store_answer(
             output_tokens=usage.output_tokens,
             status=UsageStatus.COMPLETE if status == MessageStatus.COMPLETE else UsageStatus.INCOMPLETE,
             estimated=estimated,
+            price=context.price,
         )
 
 

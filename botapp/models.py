@@ -213,7 +213,11 @@ class Conversation(models.Model):
                 name="one_active_conversation_per_chat",
             )
         ]
-        indexes = [models.Index(fields=["user", "-updated_at"], name="conv_user_recent")]
+        indexes = [
+            models.Index(fields=["user", "-updated_at"], name="conv_user_recent"),
+            # The admin's changelist: latest first (ties broken by id) over millions of conversations.
+            models.Index(fields=["updated_at", "id"], name="conv_recent"),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
@@ -479,3 +483,31 @@ class Broadcast(models.Model):
 
     def __str__(self) -> str:
         return f"Broadcast {self.pk} via {self.bot}"
+
+
+class UsageDailyTotal(models.Model):
+    """The ledger summed per local day, model, bot, channel and priced flag: a cache the dashboard checks.
+
+    Rebuilt from the ledger whenever the number of ledger rows in its days no longer matches `calls`
+    (the ledger is append-only, so a matching count means the sums are still right).
+    """
+
+    zone = models.CharField(max_length=64)
+    day = models.DateField()
+    model = models.CharField(max_length=100)
+    bot = models.ForeignKey(Bot, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    priced = models.BooleanField()
+    calls = models.PositiveIntegerField()
+    input_tokens = models.PositiveBigIntegerField()
+    cached_input_tokens = models.PositiveBigIntegerField()
+    output_tokens = models.PositiveBigIntegerField()
+    cost_usd = models.DecimalField(**USD)
+
+    class Meta:
+        verbose_name = _("daily usage total")
+        verbose_name_plural = _("daily usage totals")
+        indexes = [models.Index(fields=["zone", "day"], name="usage_daily_zone_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} {self.channel}"

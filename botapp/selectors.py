@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import (
@@ -36,6 +37,7 @@ from botapp.models import (
     MessageStatus,
     Persona,
     Role,
+    UsageDailyTotal,
     UsageKind,
     UsageRecord,
 )
@@ -226,17 +228,51 @@ def _local_day(*, start: datetime, end: datetime) -> Func | TruncDate:
     return Case(*whens, default=shifted(segments[-1][1]), output_field=DateField())
 
 
-def usage_breakdown(*, start: datetime, end: datetime) -> UsageBreakdown:
-    """Ledger totals for [start, end) per local day, model, bot + channel; two queries in all."""
-    # One grouped scan of the range; its few hundred groups are rolled up here rather than
-    # scanning a million rows once per table on the dashboard.
-    rows = (
+DAY_GROUP = ("day", "model", "bot_id", "channel", "priced")
+
+
+def ledger_day_groups(*, start: datetime, end: datetime) -> QuerySet:
+    """Ledger rows in [start, end) summed per local day, model, bot, channel and priced flag (dicts)."""
+    return (
         _ledger_between(start=start, end=end)
         .annotate(day=_local_day(start=start, end=end))
-        .values("day", "model", "bot_id", "channel", "priced")
+        .values(*DAY_GROUP)
         .annotate(**_ledger_sums())
         .order_by()
     )
+
+
+def usage_daily_totals_state(*, start: datetime, end: datetime) -> tuple[int, int]:
+    """(calls the cached daily totals hold, ledger rows that exist) for the whole local days in [start, end)."""
+    first, last = timezone.localdate(start), timezone.localdate(end - timedelta(microseconds=1))
+    cached = UsageDailyTotal.objects.filter(zone=str(timezone.get_current_timezone()), day__gte=first, day__lte=last)
+    return (
+        cached.aggregate(calls=Sum("calls"))["calls"] or 0,
+        _ledger_between(start=start, end=end).count(),
+    )
+
+
+def _cached_day_groups(*, start: datetime, end: datetime) -> Iterator[dict]:
+    first, last = timezone.localdate(start), timezone.localdate(end - timedelta(microseconds=1))
+    return (
+        UsageDailyTotal.objects.filter(zone=str(timezone.get_current_timezone()), day__gte=first, day__lte=last)
+        .values(*DAY_GROUP, "calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd")
+        .iterator()
+    )
+
+
+def usage_breakdown(*, start: datetime, end: datetime, cached_until: datetime | None = None) -> UsageBreakdown:
+    """Ledger totals for [start, end) per local day, model, bot + channel.
+
+    Whole days before `cached_until` are read from the daily totals (see botapp.usage_totals, which
+    checks them first); the rest is summed from the ledger in one grouped scan.
+    """
+    live_from = max(start, min(cached_until or start, end))
+    rows: list[dict] = []
+    if live_from > start:
+        rows += _cached_day_groups(start=start, end=live_from)
+    if live_from < end:
+        rows += ledger_day_groups(start=live_from, end=end)
     bot_names = dict(Bot.objects.values_list("id", "name"))
     result = UsageBreakdown(start=start, end=end)
     day = timezone.localdate(start)
@@ -268,17 +304,20 @@ class Spender:
 
 def usage_top_spenders(*, start: datetime, end: datetime, limit: int = 25) -> list[Spender]:
     """The people who spent most in [start, end), most first (rows without a person grouped as one)."""
-    rows = (
+    # Grouping by the id alone and naming only the winners afterwards keeps the join off the scan.
+    rows = list(
         _ledger_between(start=start, end=end)
-        .values("user_id", "user__username")
+        .values("user_id")
         .annotate(**_ledger_sums())
         .order_by("-cost_usd", "user_id")[:limit]
     )
+    ids = [row["user_id"] for row in rows if row["user_id"] is not None]
+    names = dict(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username")) if ids else {}
     spenders = []
     for row in rows:
         totals = UsageTotals()
         totals.add(row)
-        spenders.append(Spender(row["user_id"], row["user__username"] or "", totals))
+        spenders.append(Spender(row["user_id"], names.get(row["user_id"], ""), totals))
     return spenders
 
 
@@ -409,11 +448,17 @@ def broadcast_recipients(*, bot: Bot, after_id: int = 0, limit: int = 500) -> li
 
 
 def table_row_estimate(model: type[Model]) -> int | None:
-    """The planner's row estimate for `model`'s table on PostgreSQL (no scan); None elsewhere or unknown."""
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
-        row = cursor.fetchone()
-    # -1 means the table was never analysed.
-    return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+    """About how many rows `model`'s table holds, without scanning it; None if it cannot tell.
+
+    PostgreSQL: the planner's estimate (pg_class.reltuples). Elsewhere, or before PostgreSQL has analysed
+    the table: the highest primary key, one index lookup, which overestimates only by deleted rows.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
+            row = cursor.fetchone()
+        # -1 means the table was never analysed.
+        if row and row[0] is not None and row[0] > 0:
+            return int(row[0])
+    highest = model._base_manager.order_by("-pk").values_list("pk", flat=True).first()
+    return int(highest) if isinstance(highest, int) else None

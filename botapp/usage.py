@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 MILLION = Decimal(1_000_000)
 SECONDS_PER_MINUTE = Decimal(60)
 COST_QUANTUM = Decimal("0.000000000001")
+_LOOK_UP = object()
 
 
 def _family_names(model: str) -> list[str]:
@@ -82,10 +83,15 @@ def usage_record_create(
     status: str = UsageStatus.COMPLETE,
     estimated: bool = False,
     at: datetime | None = None,
+    price: ModelPrice | object | None = _LOOK_UP,
 ) -> UsageRecord:
-    """Append one ledger row, priced at the price in force at `at` (now by default)."""
+    """Append one ledger row, priced at the price in force at `at` (now by default).
+
+    A caller that looked the price up when the call began passes it: the call is charged at that price.
+    """
     at = at or timezone.now()
-    price = price_in_force(model=model, at=at)
+    if price is _LOOK_UP:
+        price = price_in_force(model=model, at=at)
     record = UsageRecord(
         user=user,
         kind=kind,
