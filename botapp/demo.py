@@ -33,7 +33,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
-from botapp.usage import cost_of, price_in_force
+from botapp.usage import price_in_force, usage_record_price
 
 Progress = Callable[[int, int], None]
 
@@ -345,17 +345,7 @@ def _conversation_batch(
                 status=UsageStatus.COMPLETE,
                 created_at=message.created_at,
             )
-            if price is None:
-                record.priced = False
-            else:
-                record.price = price
-                record.input_price_per_mtok = price.input_per_mtok
-                record.cached_input_price_per_mtok = price.cached_input_per_mtok
-                record.output_price_per_mtok = price.output_per_mtok
-                record.audio_price_per_minute = price.audio_per_minute
-                record.cost_usd = cost_of(
-                    price=price, input_tokens=input_tokens, cached_input_tokens=cached, output_tokens=output_tokens
-                )
+            usage_record_price(record, price)
             records.append(record)
         UsageRecord.objects.bulk_create(records)
     return len(rows), len(message_rows), len(records)

@@ -110,21 +110,28 @@ def usage_record_create(
     )
     if price is None:
         logger.warning("No price for model %s: usage recorded at $0 and flagged as unpriced", model)
-        record.priced = False
-    else:
-        record.price = price
-        record.input_price_per_mtok = price.input_per_mtok
-        record.cached_input_price_per_mtok = price.cached_input_per_mtok
-        record.output_price_per_mtok = price.output_per_mtok
-        record.audio_price_per_minute = price.audio_per_minute
-        record.cost_usd = cost_of(
-            price=price,
-            input_tokens=input_tokens,
-            cached_input_tokens=cached_input_tokens,
-            output_tokens=output_tokens,
-            audio_seconds=audio_seconds,
-        )
+    usage_record_price(record, price)
     record.save()
+    return record
+
+
+def usage_record_price(record: UsageRecord, price: ModelPrice | None) -> UsageRecord:
+    """Fill in a new ledger row's unit prices and cost from `price` (None: flagged as unpriced, $0)."""
+    if price is None:
+        record.priced = False
+        return record
+    record.price = price
+    record.input_price_per_mtok = price.input_per_mtok
+    record.cached_input_price_per_mtok = price.cached_input_per_mtok
+    record.output_price_per_mtok = price.output_per_mtok
+    record.audio_price_per_minute = price.audio_per_minute
+    record.cost_usd = cost_of(
+        price=price,
+        input_tokens=record.input_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        output_tokens=record.output_tokens,
+        audio_seconds=record.audio_seconds,
+    )
     return record
 
 

@@ -97,8 +97,13 @@ async def test_rejected_html_is_sent_again_as_plain_text(jarvis: Running):
     jarvis.telegram.fail_next(
         "sendMessage", 400, description='Bad Request: can\'t parse entities: Unsupported start tag "x"', times=1
     )
+    # One chunk: the answer goes out in one send (a slow machine may otherwise preview part of it first).
+    jarvis.openai.enqueue(Behaviour(text="Echo: Say **hi**", chunk_chars=1000))
     jarvis.telegram.push_text(TOKEN, 506, "Say **hi**")
     [answer] = await jarvis.answered(506)
+    refused, plain = [c for c in jarvis.telegram.calls("sendMessage") if c.chat_id == 506][:2]
+    assert (refused.status, refused.params.get("parse_mode")) == (400, "HTML")
+    assert (plain.status, plain.params.get("parse_mode"), plain.params["text"]) == (200, None, "Echo: Say **hi**")
     assert answer.parse_mode is None
     assert answer.text == "Echo: Say **hi**"
 
