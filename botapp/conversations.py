@@ -333,17 +333,20 @@ def _refuse(turn: Turn, sentence: str) -> None:
 
 
 def _check_and_build(turn: Turn) -> Context:
-    # A background job may have summarised the conversation since the turn was read.
-    turn.conversation.refresh_from_db(fields=["title", "summary", "summary_until_id", "persona", "model"])
+    # A background job may have titled or summarised the conversation since the turn was read.
+    fresh = Conversation.objects.select_related("persona").get(pk=turn.conversation.pk)
+    for field in ("title", "summary", "summary_until_id", "model", "persona"):
+        setattr(turn.conversation, field, getattr(fresh, field))
     sender = turn.user_message.sender or turn.conversation.user
     if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:
         raise ReplyRefused(
             _("Your message is %(length)d characters long; Jarvis accepts at most %(limit)d. Please shorten it.")
             % {"length": len(turn.user_message.content), "limit": settings.MAX_MESSAGE_CHARS}
         )
-    if profile_for(sender).is_blocked or not sender.is_active:
+    profile = profile_for(sender)
+    if profile.is_blocked or not sender.is_active:
         raise ReplyRefused(_("Sorry, you are not allowed to use Jarvis. Please contact an admin."))
-    refusal = budget_refusal(user=sender)
+    refusal = budget_refusal(user=sender, profile=profile)
     if refusal:
         raise ReplyRefused(refusal)
     return context_build(turn)

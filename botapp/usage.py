@@ -32,7 +32,7 @@ _LOOK_UP = object()
 
 
 def _family_names(model: str) -> list[str]:
-    """"gpt-4o-mini-2024-07-18" -> itself, "gpt-4o-mini-2024-07", ..., "gpt": the names it may be priced as."""
+    """ "gpt-4o-mini-2024-07-18" -> itself, "gpt-4o-mini-2024-07", ..., "gpt": the names it may be priced as."""
     parts = model.split("-")
     return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
@@ -182,10 +182,12 @@ def spent_between(*, user: AbstractBaseUser, start: datetime, end: datetime | No
     return rows.aggregate(total=Sum("cost_usd"))["total"] or Decimal("0")
 
 
-def budget_periods(*, user: AbstractBaseUser, now: datetime | None = None) -> list[BudgetPeriod]:
+def budget_periods(
+    *, user: AbstractBaseUser, now: datetime | None = None, profile: Profile | None = None
+) -> list[BudgetPeriod]:
     """Today's and this month's limits, spend and reset times, in the server's time zone."""
     now = now or timezone.now()
-    profile = profile_for(user)
+    profile = profile or profile_for(user)
     day_start, day_end, month_start, month_end = _period_bounds(now)
     if profile.unlimited_budget:
         daily = monthly = None
@@ -219,10 +221,12 @@ def _humanize_wait(delta: timedelta) -> str:
     return _("%(minutes)d min") % {"minutes": minutes}
 
 
-def budget_refusal(*, user: AbstractBaseUser, now: datetime | None = None) -> str | None:
+def budget_refusal(
+    *, user: AbstractBaseUser, now: datetime | None = None, profile: Profile | None = None
+) -> str | None:
     """A sentence saying which budget is spent and when it resets, or None if the person may spend."""
     now = now or timezone.now()
-    for period in budget_periods(user=user, now=now):
+    for period in budget_periods(user=user, now=now, profile=profile):
         if period.exhausted:
             resets = timezone.localtime(period.resets)
             values = {
@@ -231,9 +235,6 @@ def budget_refusal(*, user: AbstractBaseUser, now: datetime | None = None) -> st
                 "wait": _humanize_wait(period.resets - now),
             }
             if period.name == "daily":
-                return (
-                    _("You have used your daily budget of $%(limit)s. It resets at %(when)s (in %(wait)s).")
-                    % values
-                )
+                return _("You have used your daily budget of $%(limit)s. It resets at %(when)s (in %(wait)s).") % values
             return _("You have used your monthly budget of $%(limit)s. It resets at %(when)s (in %(wait)s).") % values
     return None
