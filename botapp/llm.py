@@ -191,6 +191,16 @@ def _usage_from(raw: Any, model: str) -> Usage:
     )
 
 
+def _messages_param(messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The messages as request parameters, sent as they are.
+
+    The SDK type-checks and transforms `messages` item by item in Python: about 0.2 ms a message here, so
+    90 ms for a long conversation's context. Plain chat messages need no transforming, so they go in
+    `extra_body` (the SDK's documented way to send JSON fields as given), which replaces the empty list.
+    """
+    return {"messages": [], "extra_body": {"messages": list(messages)}}
+
+
 async def chat_stream(
     *,
     messages: Sequence[dict[str, Any]],
@@ -202,9 +212,9 @@ async def chat_stream(
     client = get_client()
     params: dict[str, Any] = {
         "model": model,
-        "messages": list(messages),
         "stream": True,
         "stream_options": {"include_usage": True},
+        **_messages_param(messages),
     }
     if temperature is not None:
         params["temperature"] = temperature
@@ -243,7 +253,7 @@ async def chat_complete(
 ) -> tuple[str, Usage]:
     """One non-streamed answer and its usage (summaries, titles)."""
     client = get_client()
-    params: dict[str, Any] = {"model": model, "messages": list(messages)}
+    params: dict[str, Any] = {"model": model, **_messages_param(messages)}
     if temperature is not None:
         params["temperature"] = temperature
     if max_tokens is not None:

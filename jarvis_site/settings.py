@@ -88,6 +88,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # A file has no server to hold connections for: keep them open rather than reconnect (and run the
+    # PRAGMAs again) whenever django-q2 or a request closes "old" connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     # A file (not the in-memory default) so subprocesses started by tests see the test data; one per
     # test run, so that two runs on one machine do not share it.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}

@@ -110,7 +110,7 @@ async def test_rejected_html_is_sent_again_as_plain_text(jarvis: Running):
 
 async def test_rejected_html_in_an_edit_falls_back_to_plain_text(jarvis: Running):
     """When Telegram refuses the HTML of an edit, the same text is sent as a plain edit and the answer goes on."""
-    text = "Some **bold** words and then the rest of a longer answer."
+    text = "Some **bold** words and then the rest of a longer answer, which goes on for a while after that."
     jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=12, chunk_delay=0.3))
     jarvis.telegram.fail_next(
         "editMessageText", 400, description="Bad Request: can't parse entities: Can't find end tag", times=1
@@ -121,7 +121,7 @@ async def test_rejected_html_in_an_edit_falls_back_to_plain_text(jarvis: Running
     assert (refused.status, refused.params.get("parse_mode")) == (400, "HTML")
     assert (plain.status, plain.params.get("parse_mode")) == (200, None)
     assert plain.params["text"] == refused.params["text"].replace("<b>", "**").replace("</b>", "**")
-    assert answer.text == "Some bold words and then the rest of a longer answer."
+    assert answer.text == "Some bold words and then the rest of a longer answer, which goes on for a while after that."
 
 
 async def test_message_not_modified_is_not_an_error(jarvis: Running):

@@ -26,6 +26,8 @@ EDIT_INTERVAL_PRIVATE = 1.0
 EDIT_INTERVAL_GROUP = 3.0
 # A "typing…" action shows for five seconds; renew it a little before it fades.
 TYPING_INTERVAL = 4.0
+# How long the first words wait for the rest before a preview is shown ("typing…" shows meanwhile).
+FIRST_SHOW_DELAY = 0.3
 # Network hiccups are retried this many times; flood control is always waited out.
 NETWORK_ATTEMPTS = 3
 # The longest flood-control wait honoured for one call; Telegram rarely asks for more than a minute.
@@ -224,6 +226,14 @@ class AnswerStream:
             await self._changed.wait()
             if self._stopping.is_set():
                 return
+            if not self.shown:
+                # A short answer finished within this moment goes out whole in one message, instead of a
+                # preview and an edit that the chat's pace would hold back by a second.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FIRST_SHOW_DELAY):
+                        await self._stopping.wait()
+                if self._stopping.is_set():
+                    return
             self._changed.clear()
             try:
                 await self._show(self.text)

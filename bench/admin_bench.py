@@ -1,0 +1,117 @@
+"""Benchmark 4: the admin at scale. `seed_demo` fills a scratch database, then the changelists and the usage
+dashboard are rendered by a staff user: time (median of several renders) and query count per page.
+
+Run on SQLite by default; `--postgres` adds a run on a scratch PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from harness import ROOT, scratch_database
+
+PAGES = {
+    "conversations": "/admin/botapp/conversation/",
+    "messages": "/admin/botapp/message/",
+    "usage records": "/admin/botapp/usagerecord/",
+    "users": "/admin/auth/user/",
+    "usage dashboard (30 days)": "/admin/botapp/usagerecord/dashboard/",
+}
+
+RENDER = """
+import json, statistics, sys, time
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from botapp.models import Conversation
+
+pages = json.loads(sys.argv[1])
+repeats = int(sys.argv[2])
+User = get_user_model()
+staff, _ = User.objects.get_or_create(username="bench-staff", defaults={"is_staff": True, "is_superuser": True})
+client = Client()
+client.force_login(staff)
+conversation = Conversation.objects.order_by("-id").first()
+pages["conversation detail"] = f"/admin/botapp/conversation/{conversation.pk}/change/"
+from datetime import timedelta
+from django.utils import timezone
+today = timezone.localdate()
+pages["usage dashboard (90 days)"] = (
+    f"/admin/botapp/usagerecord/dashboard/?start={today - timedelta(days=89)}&end={today}"
+)
+results = {}
+for name, url in pages.items():
+    client.get(url)  # warm: imports, template loading, the dashboard's cache of finished days
+    times = []
+    for _ in range(repeats):
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            response = client.get(url)
+            times.append(time.perf_counter() - started)
+        assert response.status_code == 200, (url, response.status_code)
+    results[name] = {"ms": statistics.median(times) * 1000, "queries": len(queries)}
+print(json.dumps(results))
+"""
+
+
+def run(database_url: str | None, messages: int, repeats: int) -> tuple[float, dict[str, dict[str, float]]]:
+    with scratch_database(database_url) as scratch:
+        env = scratch.env(DJANGO_SETTINGS_MODULE="jarvis_site.settings", DJANGO_ALLOWED_HOSTS="testserver")
+        started = time.monotonic()
+        subprocess.run(
+            [sys.executable, "manage.py", "seed_demo", "--messages", str(messages), "--seed", "7"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+        seeded = time.monotonic() - started
+        output = subprocess.run(
+            [sys.executable, "-c", RENDER, json.dumps(PAGES), str(repeats)],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return seeded, json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL (127.0.0.1:5432, postgres)")
+    args = parser.parse_args()
+
+    runs = [("SQLite", None)]
+    database = f"jarvis_bench_{uuid.uuid4().hex[:8]}"
+    if args.postgres:
+        runs.append(("PostgreSQL", f"postgres://postgres@127.0.0.1:5432/{database}"))
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True)
+    try:
+        for label, url in runs:
+            seeded, results = run(url, args.messages, args.repeats)
+            print(f"\n## 4. Admin at scale on {label}: {args.messages:,} messages (seed_demo took {seeded:.0f} s)\n")
+            print("| page | median ms | queries |\n|---|---:|---:|")
+            for name, figures in results.items():
+                print(f"| {name} | {figures['ms']:.0f} | {figures['queries']} |", flush=True)
+    finally:
+        if args.postgres:
+            subprocess.run(
+                ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", database],
+                check=False,
+                env={**os.environ},
+            )
+
+
+if __name__ == "__main__":
+    main()
