@@ -1,7 +1,7 @@
 """Benchmark 4: the admin at scale. `seed_demo` fills a scratch database, then the changelists and the usage
 dashboard are rendered by a staff user: time (median of several renders) and query count per page.
 
-Run on SQLite by default; `--postgres` adds a run on a scratch PostgreSQL database.
+`--databases sqlite postgres` (the default) runs on a scratch SQLite file and a scratch PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -89,12 +89,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL (127.0.0.1:5432, postgres)")
+    parser.add_argument(
+        "--databases",
+        nargs="+",
+        choices=["sqlite", "postgres"],
+        default=["sqlite", "postgres"],
+        help="PostgreSQL: a scratch database on 127.0.0.1:5432 as user postgres",
+    )
     args = parser.parse_args()
 
-    runs = [("SQLite", None)]
+    runs = [("SQLite", None)] if "sqlite" in args.databases else []
     database = f"jarvis_bench_{uuid.uuid4().hex[:8]}"
-    if args.postgres:
+    postgres = "postgres" in args.databases
+    if postgres:
         runs.append(("PostgreSQL", f"postgres://postgres@127.0.0.1:5432/{database}"))
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True)
     try:
@@ -105,7 +112,7 @@ def main() -> None:
             for name, figures in results.items():
                 print(f"| {name} | {figures['ms']:.0f} | {figures['queries']} |", flush=True)
     finally:
-        if args.postgres:
+        if postgres:
             subprocess.run(
                 ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", database],
                 check=False,

@@ -12,7 +12,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -162,6 +162,11 @@ def demo_data_seed(
         remaining -= made_messages
         if progress:
             progress(done, messages)
+    if connection.vendor == "postgresql":
+        # Bulk loads leave the planner without statistics until autovacuum gets round to them; pages
+        # read right after would be planned as if the tables were empty.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     return DemoSummary(len(people), len(bots), conversations_made, done, records_made)
 
 
