@@ -235,6 +235,17 @@ async def _resume_stored(
     await sync_to_async(services.message_reply_ids_store)(message_id=answer.pk, telegram_ids=ids)
 
 
+async def _resumed_if_stored(update: Update, context: JarvisContext, conversation: Conversation) -> bool:
+    """A message stored before (a redelivery, or a restart after a crash): finish its answer, not a new one."""
+    stored = await sync_to_async(selectors.stored_question)(
+        conversation=conversation, telegram_message_id=update.effective_message.message_id
+    )
+    if stored is None:
+        return False
+    await _resume_stored(update, context, conversation, *stored)
+    return True
+
+
 async def answer_message(
     update: Update, context: JarvisContext, *, text: str, attachments: list[dict[str, Any]] | None = None
 ) -> None:
@@ -242,11 +253,7 @@ async def answer_message(
     message = update.effective_message
     chat = update.effective_chat
     conversation = await _conversation(update, context)
-    stored = await sync_to_async(selectors.stored_question)(
-        conversation=conversation, telegram_message_id=message.message_id
-    )
-    if stored is not None:
-        await _resume_stored(update, context, conversation, *stored)
+    if await _resumed_if_stored(update, context, conversation):
         return
     try:
         turn = await sync_to_async(turn_accept)(
@@ -505,11 +512,7 @@ async def voice_message(update: Update, context: JarvisContext) -> None:
         await reply(update, _("This recording is over 25 MB, the transcription limit. Please send a shorter one."))
         return
     conversation = await _conversation(update, context)
-    stored = await sync_to_async(selectors.stored_question)(
-        conversation=conversation, telegram_message_id=message.message_id
-    )
-    if stored is not None:
-        await _resume_stored(update, context, conversation, *stored)
+    if await _resumed_if_stored(update, context, conversation):
         return
     if message.voice:
         filename = "voice.ogg"
@@ -573,11 +576,7 @@ async def photo_message(update: Update, context: JarvisContext) -> None:
     if photo.file_size and photo.file_size > TELEGRAM_DOWNLOAD_LIMIT:
         await reply(update, _("This photo is too large to download (over 20 MB). Please send a smaller one."))
         return
-    stored = await sync_to_async(selectors.stored_question)(
-        conversation=conversation, telegram_message_id=message.message_id
-    )
-    if stored is not None:
-        await _resume_stored(update, context, conversation, *stored)
+    if await _resumed_if_stored(update, context, conversation):
         return
     try:
         file = await telegram_call(photo.get_file, what="getFile")
