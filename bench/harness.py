@@ -21,6 +21,8 @@ from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
 
 JARVIS_TOKEN = "111111:jarvis-bench-token-000000000000000"
 BASELINE_TOKEN = "222222:baseline-bench-token-00000000000000"
+NULL_TOKEN = "333333:null-bench-token-000000000000000000"
+TOKENS = {"jarvis": JARVIS_TOKEN, "baseline": BASELINE_TOKEN, "null": NULL_TOKEN}
 ANSWER_METHODS = {"sendmessage", "editmessagetext"}
 
 
@@ -72,7 +74,7 @@ def scratch_database(database_url: str | None = None) -> Iterator[Scratch]:
 
 @contextmanager
 def fakes(model_delay: float = 0.0) -> Iterator[tuple[FakeTelegram, FakeOpenAI]]:
-    telegram = FakeTelegram(tokens=[JARVIS_TOKEN, BASELINE_TOKEN]).start()
+    telegram = FakeTelegram(tokens=list(TOKENS.values())).start()
     openai = FakeOpenAI().start()
     openai.default = Behaviour(delay=model_delay)
     try:
@@ -87,11 +89,11 @@ class BotProcess:
 
     def __init__(self, kind: str, scratch: Scratch, telegram: FakeTelegram, openai: FakeOpenAI) -> None:
         self.kind = kind
-        self.token = JARVIS_TOKEN if kind == "jarvis" else BASELINE_TOKEN
+        self.token = TOKENS[kind]
         command = (
             [sys.executable, "manage.py", "runbot"]
             if kind == "jarvis"
-            else [sys.executable, str(ROOT / "bench" / "baseline_bot.py")]
+            else [sys.executable, str(ROOT / "bench" / f"{kind}_bot.py")]
         )
         env = scratch.env(
             TELEGRAM_BOT_TOKEN=self.token,
@@ -114,6 +116,11 @@ class BotProcess:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{self.kind} did not start polling")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the bot process has used so far, all its threads included."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()

@@ -8,7 +8,6 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -19,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
@@ -104,20 +103,22 @@ def turn_accept(
     text = validate_text(text, has_attachments=bool(attachments))
     model = conversation.effective_model
     now = timezone.now()
+    user_message = Message(
+        conversation=conversation,
+        role=Role.USER,
+        sender=sender or conversation.user,
+        content=text,
+        attachments=list(attachments),
+        token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
+        telegram_message_id=telegram_message_id,
+        created_at=now,
+    )
+    reply = Message(
+        conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
+    )
     with transaction.atomic():
-        user_message = Message.objects.create(
-            conversation=conversation,
-            role=Role.USER,
-            sender=sender or conversation.user,
-            content=text,
-            attachments=list(attachments),
-            token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
-            telegram_message_id=telegram_message_id,
-            created_at=now,
-        )
-        reply = Message.objects.create(
-            conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
-        )
+        # One INSERT for both, question first: the answer's id follows its question's.
+        Message.objects.bulk_create([user_message, reply])
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     return Turn(conversation=conversation, user_message=user_message, reply=reply)
 
@@ -279,31 +280,12 @@ LEASE = timedelta(seconds=60)
 LEASE_POLL_SECONDS = 0.05
 
 
-async def _lease_acquire(conversation_id: int) -> str:
-    """Wait until no other process is answering in the conversation, then hold its lease."""
-    token = secrets.token_hex(8)
-    while True:
-        now = timezone.now()
-        taken = await Conversation.objects.filter(
-            Q(answering_until__isnull=True) | Q(answering_until__lt=now), pk=conversation_id
-        ).aupdate(answering_until=now + LEASE, answering_token=token)
-        if taken:
-            return token
-        await asyncio.sleep(LEASE_POLL_SECONDS)
-
-
 async def _lease_keep(conversation_id: int, token: str) -> None:
     while True:
         await asyncio.sleep(LEASE.total_seconds() / 3)
         await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
             answering_until=timezone.now() + LEASE
         )
-
-
-async def _lease_release(conversation_id: int, token: str) -> None:
-    await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
-        answering_until=None, answering_token=""
-    )
 
 
 def leases_release(*, bot: Bot) -> int:
@@ -313,17 +295,37 @@ def leases_release(*, bot: Bot) -> int:
     )
 
 
-@asynccontextmanager
-async def _answering(conversation_id: int) -> AsyncIterator[None]:
-    """Exclusive right to answer in a conversation: in this process (a lock) and across processes (a lease)."""
-    async with _lock_for(conversation_id):
-        token = await _lease_acquire(conversation_id)
-        keeper = asyncio.create_task(_lease_keep(conversation_id, token))
-        try:
-            yield
-        finally:
-            keeper.cancel()
-            await asyncio.shield(_lease_release(conversation_id, token))
+def _begin(turn: Turn, token: str) -> Context | None:
+    """Take the conversation's lease, check the turn and build its context, in one trip to the database.
+
+    None while another process holds the lease; a refused turn is stored as failed and the lease let go.
+    """
+    now = timezone.now()
+    taken = Conversation.objects.filter(
+        Q(answering_until__isnull=True) | Q(answering_until__lt=now), pk=turn.conversation.pk
+    ).update(answering_until=now + LEASE, answering_token=token)
+    if not taken:
+        return None
+    try:
+        return _check_and_build(turn)
+    except ReplyRefused as refusal:
+        with transaction.atomic():
+            _refuse(turn, str(refusal))
+            _lease_release_now(turn.conversation.pk, token)
+        raise
+    except BaseException:
+        _lease_release_now(turn.conversation.pk, token)
+        raise
+
+
+def _lease_release_now(conversation_id: int, token: str) -> None:
+    Conversation.objects.filter(pk=conversation_id, answering_token=token).update(
+        answering_until=None, answering_token=""
+    )
+
+
+async def _lease_release(conversation_id: int, token: str) -> None:
+    await sync_to_async(_lease_release_now)(conversation_id, token)
 
 
 def _refuse(turn: Turn, sentence: str) -> None:
@@ -343,6 +345,7 @@ def _check_and_build(turn: Turn) -> Context:
             _("Your message is %(length)d characters long; Jarvis accepts at most %(limit)d. Please shorten it.")
             % {"length": len(turn.user_message.content), "limit": settings.MAX_MESSAGE_CHARS}
         )
+    # Read again, not taken from `sender`: a block or a new budget applies from the next answer on.
     profile = profile_for(sender)
     if profile.is_blocked or not sender.is_active:
         raise ReplyRefused(_("Sorry, you are not allowed to use Jarvis. Please contact an admin."))
@@ -361,8 +364,12 @@ def _store_answer(
     status: str,
     latency_ms: int,
     error: str = "",
+    lease_token: str = "",
 ) -> UsageRecord | None:
-    """Record the answer and its ledger row together: nothing spent goes unrecorded, nothing twice."""
+    """Record the answer and its ledger row together: nothing spent goes unrecorded, nothing twice.
+
+    The conversation's lease (`lease_token`) is let go in the same write: storing is the answer's last step.
+    """
     model = context.model
     estimated = usage is None
     if estimated:
@@ -397,7 +404,14 @@ def _store_answer(
         )
         if status == MessageStatus.FAILED and not text:
             Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
-        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at)
+        released = {}
+        if lease_token:
+            held = Q(answering_token=lease_token)
+            released = {
+                "answering_until": Case(When(held, then=None), default=F("answering_until")),
+                "answering_token": Case(When(held, then=Value("")), default=F("answering_token")),
+            }
+        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at, **released)
         if status == MessageStatus.COMPLETE and (not turn.conversation.title or context.history_trimmed):
             # A worker titles new conversations and summarises long ones (botapp.tasks), once this is committed.
             pk = turn.conversation.pk
@@ -425,54 +439,74 @@ def _store_answer(
 
 
 async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> Reply:
-    """Answer a stored turn: check, build the context, stream, store and price. Raises ReplyError."""
-    async with _answering(turn.conversation.pk):
+    """Answer a stored turn: check, build the context, stream, store and price. Raises ReplyError.
+
+    Answers in one conversation never interleave: a lock in this process, and a lease in the database
+    (renewed while the answer streams) across processes.
+    """
+    conversation_id = turn.conversation.pk
+    async with _lock_for(conversation_id):
+        token = secrets.token_hex(8)
         try:
-            context = await sync_to_async(_check_and_build)(turn)
-        except ReplyRefused as refusal:
-            await sync_to_async(_refuse)(turn, str(refusal))
-            raise
-        parts: list[str] = []
-        usage: llm.Usage | None = None
-        started = time.monotonic()
-
-        def elapsed_ms() -> int:
-            return int((time.monotonic() - started) * 1000)
-
-        async def store(**kwargs: Any) -> UsageRecord | None:
-            # Shielded: a second cancellation must not lose what was already spent.
-            return await asyncio.shield(
-                sync_to_async(_store_answer)(turn, context=context, latency_ms=elapsed_ms(), **kwargs)
-            )
-
-        try:
-            async for item in llm.chat_stream(
-                messages=context.messages,
-                model=context.model,
-                temperature=context.temperature,
-                max_tokens=context.max_output_tokens,
-            ):
-                if isinstance(item, llm.Usage):
-                    usage = item
-                    continue
-                parts.append(item)
-                if on_delta is not None:
-                    await on_delta(item, "".join(parts))
+            while True:
+                context = await sync_to_async(_begin)(turn, token)
+                if context is not None:
+                    break
+                await asyncio.sleep(LEASE_POLL_SECONDS)
         except asyncio.CancelledError:
-            text = "".join(parts)
-            logger.info("Answer in conversation %s stopped after %d characters", turn.conversation.pk, len(text))
-            await store(text=text, usage=usage, status=MessageStatus.INCOMPLETE, error=_("Stopped."))
+            # The database thread may take the lease after this task stops waiting; its queue runs in order.
+            await asyncio.shield(_lease_release(conversation_id, token))
             raise
-        except llm.LLMError as exc:
+        keeper = asyncio.create_task(_lease_keep(conversation_id, token))
+        stored = False
+        try:
+            parts: list[str] = []
+            usage: llm.Usage | None = None
+            started = time.monotonic()
+
+            async def store(**kwargs: Any) -> UsageRecord | None:
+                nonlocal stored
+                latency_ms = int((time.monotonic() - started) * 1000)
+                # Shielded: a second cancellation must not lose what was already spent.
+                record = await asyncio.shield(
+                    sync_to_async(_store_answer)(
+                        turn, context=context, latency_ms=latency_ms, lease_token=token, **kwargs
+                    )
+                )
+                stored = True
+                return record
+
+            try:
+                async for item in llm.chat_stream(
+                    messages=context.messages,
+                    model=context.model,
+                    temperature=context.temperature,
+                    max_tokens=context.max_output_tokens,
+                ):
+                    if isinstance(item, llm.Usage):
+                        usage = item
+                        continue
+                    parts.append(item)
+                    if on_delta is not None:
+                        await on_delta(item, "".join(parts))
+            except asyncio.CancelledError:
+                text = "".join(parts)
+                logger.info("Answer in conversation %s stopped after %d characters", conversation_id, len(text))
+                await store(text=text, usage=usage, status=MessageStatus.INCOMPLETE, error=_("Stopped."))
+                raise
+            except llm.LLMError as exc:
+                text = "".join(parts)
+                logger.warning("Model call failed in conversation %s: %s", conversation_id, exc.__class__.__name__)
+                status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
+                await store(text=text, usage=usage, status=status, error=str(exc))
+                raise ReplyFailed(str(exc), partial=text) from exc
             text = "".join(parts)
-            logger.warning("Model call failed in conversation %s: %s", turn.conversation.pk, exc.__class__.__name__)
-            status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
-            await store(text=text, usage=usage, status=status, error=str(exc))
-            raise ReplyFailed(str(exc), partial=text) from exc
-        text = "".join(parts)
-        record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
-        await sync_to_async(turn.reply.refresh_from_db)()
-        return Reply(message=turn.reply, usage=record, text=text)
+            record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
+            return Reply(message=turn.reply, usage=record, text=text)
+        finally:
+            keeper.cancel()
+            if not stored:
+                await asyncio.shield(_lease_release(conversation_id, token))
 
 
 async def conversation_reply(
@@ -562,21 +596,26 @@ def conversation_start(
 
 
 def conversation_for_chat(*, bot: Bot, telegram_chat_id: int, user: AbstractBaseUser) -> Conversation:
-    """The active conversation of a Telegram chat, started on first contact."""
-    conversation = (
-        Conversation.objects.select_related("persona", "bot", "user")
-        .filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True)
-        .first()
+    """The active conversation of a Telegram chat, started on first contact.
+
+    The bot and the person are the ones the caller has in hand, so they are not read again.
+    """
+    active = Conversation.objects.select_related("persona").filter(
+        bot=bot, telegram_chat_id=telegram_chat_id, is_active=True
     )
-    if conversation is not None:
-        return conversation
-    try:
-        return conversation_start(user=user, channel=Channel.TELEGRAM, bot=bot, telegram_chat_id=telegram_chat_id)
-    except IntegrityError:
-        # Two first messages in a new chat at once: the other one started it.
-        return Conversation.objects.select_related("persona", "bot", "user").get(
-            bot=bot, telegram_chat_id=telegram_chat_id, is_active=True
-        )
+    conversation = active.first()
+    if conversation is None:
+        try:
+            conversation = conversation_start(
+                user=user, channel=Channel.TELEGRAM, bot=bot, telegram_chat_id=telegram_chat_id
+            )
+        except IntegrityError:
+            # Two first messages in a new chat at once: the other one started it.
+            conversation = active.get()
+    conversation.bot = bot
+    if conversation.user_id == user.pk:
+        conversation.user = user
+    return conversation
 
 
 # --- Voice --------------------------------------------------------------------------------------

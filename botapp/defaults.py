@@ -29,7 +29,6 @@ JARVIS_PROMPT = (
 )
 
 
-
 def seed_defaults(model_price: Any, persona: Any) -> None:
     """Create the default prices and persona if missing; takes the model classes (real or historical)."""
     for model, input_price, cached, output, window, images in CHAT_PRICES:

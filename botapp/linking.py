@@ -26,9 +26,7 @@ def link_code_create(*, identity: TelegramIdentity) -> TelegramLinkCode:
     with transaction.atomic():
         TelegramLinkCode.objects.filter(identity=identity, used_at__isnull=True).delete()
         code = "".join(secrets.choice(ALPHABET) for _ in range(8))
-        return TelegramLinkCode.objects.create(
-            identity=identity, code=code, expires_at=timezone.now() + CODE_LIFETIME
-        )
+        return TelegramLinkCode.objects.create(identity=identity, code=code, expires_at=timezone.now() + CODE_LIFETIME)
 
 
 def link_code_redeem(*, code: str, user: AbstractBaseUser) -> TelegramIdentity:

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import bpe_openai
@@ -309,6 +309,12 @@ def count_tokens(text: str, *, model: str) -> int:
     """Tokens in `text` for `model`, counted locally."""
     if not text:
         return 0
+    return _count(text, model)
+
+
+@lru_cache(maxsize=256)
+def _count(text: str, model: str) -> int:
+    # System prompts and summaries are counted again for every answer; remembering them saves the work.
     return len(_encoding(model).encode(text))
 
 

@@ -66,6 +66,22 @@ async def test_answer_streams_into_one_message_with_throttled_edits(jarvis: Runn
     assert calls.index("sendChatAction") < calls.index("sendMessage")
 
 
+async def test_typing_shows_only_when_the_answer_takes_a_moment(jarvis: Running):
+    """An answer ready at once goes out with no "typing…" call; one that keeps the person waiting shows it first."""
+    jarvis.telegram.push_text(TOKEN, 507, "Quick one")
+    await jarvis.answered(507)
+    jarvis.openai.enqueue(Behaviour(delay=1.0))
+    jarvis.telegram.push_text(TOKEN, 508, "Slow one")
+    await jarvis.answered(508)
+    quick = [c.method for c in jarvis.telegram.calls() if c.chat_id == 507]
+    slow = [c for c in jarvis.telegram.calls() if c.chat_id == 508]
+    assert "sendChatAction" not in quick
+    [typing] = [c for c in slow if c.method == "sendChatAction"]
+    [sent] = [c for c in slow if c.method == "sendMessage"]
+    assert typing.params["action"] == "typing"
+    assert typing.time < sent.time - 0.5, "typing shows while the model is still thinking"
+
+
 async def test_long_answer_is_split_into_messages_without_losing_anything(jarvis: Running):
     """An answer over 4096 characters arrives as several messages, each within the limit, nothing cut off."""
     paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 20 for i in range(40)]

@@ -26,6 +26,8 @@ EDIT_INTERVAL_PRIVATE = 1.0
 EDIT_INTERVAL_GROUP = 3.0
 # A "typing…" action shows for five seconds; renew it a little before it fades.
 TYPING_INTERVAL = 4.0
+# An answer ready sooner than this needs no "typing…": nobody could see it before the answer replaced it.
+TYPING_DELAY = 0.2
 # How long the first words wait for the rest before a preview is shown ("typing…" shows meanwhile).
 FIRST_SHOW_DELAY = 0.3
 # Network hiccups are retried this many times; flood control is always waited out.
@@ -143,6 +145,8 @@ class _Shown:
 class AnswerStream:
     """One answer shown as it is written: "typing…" until the first words, then throttled edits.
 
+    "typing…" starts after `TYPING_DELAY`, so an answer that is ready at once costs no extra call.
+
     The answer's Markdown is rendered to parts of at most 4096 characters; each part is one message,
     edited while it grows and left alone once the next part starts. `message_ids` lists the messages of
     the answer so far (for example one started before a restart, which is then edited instead of repeated);
@@ -209,6 +213,9 @@ class AnswerStream:
         self._typing_task = self._flusher_task = None
 
     async def _typing(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TYPING_DELAY):
+                await self._stopping.wait()
         while not self.shown and not self._stopping.is_set():
             try:
                 await self.bot.send_chat_action(chat_id=self.chat_id, action=ChatAction.TYPING)

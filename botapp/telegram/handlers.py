@@ -37,7 +37,6 @@ from botapp.conversations import (
     audio_transcribe,
     conversation_for_chat,
     conversation_start,
-    turn_accept,
     turn_answer,
     turn_for_pending_reply,
     turn_retry,
@@ -183,9 +182,12 @@ async def _conversation(update: Update, context: JarvisContext) -> Conversation:
 async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, reply_to: int | None) -> None:
     """Answer a stored turn through the funnel, streaming it into the chat; remember the messages that show it."""
     reply_id = turn.reply.pk
+    remembered = list(turn.reply.telegram_reply_ids or ())
 
     async def remember(message_ids: list[int]) -> None:
+        nonlocal remembered
         await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
+        remembered = list(message_ids)
 
     stream = AnswerStream(
         bot,
@@ -204,7 +206,8 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
             ids = await stream.finish(text)
         else:
             ids = await stream.finish(answer.text or _("(The model sent an empty answer. Try /retry.)"))
-    await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=ids)
+    if ids != remembered:
+        await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=ids)
 
 
 async def _resume_stored(
@@ -252,23 +255,26 @@ async def answer_message(
     """Store what the person said and stream the answer; a message seen before is not answered twice."""
     message = update.effective_message
     chat = update.effective_chat
-    conversation = await _conversation(update, context)
-    if await _resumed_if_stored(update, context, conversation):
-        return
     try:
-        turn = await sync_to_async(turn_accept)(
-            conversation=conversation,
-            text=text,
-            sender=context.contact.user,
-            attachments=attachments or (),
+        accepted = await sync_to_async(services.chat_message_accept)(
+            bot=context.contact.bot,
+            telegram_chat_id=chat.id,
+            user=context.contact.user,
             telegram_message_id=message.message_id,
+            text=text,
+            attachments=attachments or (),
         )
     except ReplyRefused as refusal:
         await reply(update, str(refusal))
         return
+    if accepted.stored is not None:
+        await _resume_stored(update, context, accepted.conversation, *accepted.stored)
+        return
     group = _is_group(chat.type)
     # In a group the answer quotes its question, so everyone sees whom Jarvis answers.
-    await deliver_turn(context.bot, turn, chat_id=chat.id, group=group, reply_to=message.message_id if group else None)
+    await deliver_turn(
+        context.bot, accepted.turn, chat_id=chat.id, group=group, reply_to=message.message_id if group else None
+    )
 
 
 # --- Commands -----------------------------------------------------------------------------------

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from botapp.conversations import Turn, conversation_for_chat, turn_accept
 from botapp.models import (
     AccessPolicy,
     Bot,
@@ -19,9 +22,11 @@ from botapp.models import (
     Message,
     Persona,
     ProcessedUpdate,
+    Profile,
     TelegramIdentity,
 )
-from botapp.people import telegram_user_sync
+from botapp.people import telegram_identity_sync
+from botapp.telegram.selectors import stored_question
 from botapp.usage import profile_for
 
 logger = logging.getLogger(__name__)
@@ -56,22 +61,33 @@ def contact_sync(
     last_name: str | None,
     language_code: str | None,
 ) -> Contact:
-    """Create or refresh the person behind an update and their membership of the bot; decide access."""
+    """Create or refresh the person behind an update and their membership of the bot; decide access.
+
+    A person Jarvis knows costs two reads: the bot, then their identity, user, profile and membership at once.
+    """
     bot = Bot.objects.select_related("default_persona").get(pk=bot_id)
-    user = telegram_user_sync(
+    membership = BotUser.objects.filter(bot_id=bot_id, identity=OuterRef("pk"))
+    identity = telegram_identity_sync(
         telegram_id=telegram_id,
         username=username,
         first_name=first_name,
         last_name=last_name,
         language_code=language_code,
+        identities=TelegramIdentity.objects.select_related("user__jarvis_profile").annotate(
+            is_member=Exists(membership), member_blocked_bot=Exists(membership.filter(blocked_bot_at__isnull=False))
+        ),
     )
-    identity = TelegramIdentity.objects.get(telegram_id=telegram_id)
-    membership, created = BotUser.objects.get_or_create(bot=bot, identity=identity)
-    if not created and membership.blocked_bot_at is not None:
+    if not getattr(identity, "is_member", False):
+        BotUser.objects.get_or_create(bot=bot, identity=identity)
+    elif identity.member_blocked_bot:
         # Writing to the bot again means they unblocked it.
-        membership.blocked_bot_at = None
-        membership.save(update_fields=["blocked_bot_at"])
-    blocked = profile_for(user).is_blocked or not user.is_active
+        BotUser.objects.filter(bot=bot, identity=identity).update(blocked_bot_at=None)
+    user = identity.user
+    try:
+        profile = user.jarvis_profile
+    except Profile.DoesNotExist:
+        profile = profile_for(user)
+    blocked = profile.is_blocked or not user.is_active
     allowed = not blocked and bot.allows(telegram_id=telegram_id, username=username)
     return Contact(bot=bot, user=user, identity=identity, language=language_for(language_code), allowed=allowed)
 
@@ -106,6 +122,42 @@ def bot_from_environment(*, token: str, allowed_users: str) -> Bot | None:
         bot.enabled = True
         bot.save()
     return bot
+
+
+@dataclass
+class Accepted:
+    """A chat message taken in: a new turn to answer, or the message and answer stored for it before."""
+
+    conversation: Conversation
+    turn: Turn | None = None
+    stored: tuple[Message, Message | None] | None = None
+
+
+def chat_message_accept(
+    *,
+    bot: Bot,
+    telegram_chat_id: int,
+    user: AbstractBaseUser,
+    telegram_message_id: int,
+    text: str,
+    attachments: Sequence[dict[str, Any]] = (),
+) -> Accepted:
+    """Store a chat message and its pending answer in the chat's conversation, unless it was stored before.
+
+    One trip to the database for what the funnel needs before the model is called. Raises ReplyRefused.
+    """
+    conversation = conversation_for_chat(bot=bot, telegram_chat_id=telegram_chat_id, user=user)
+    stored = stored_question(conversation=conversation, telegram_message_id=telegram_message_id)
+    if stored is not None:
+        return Accepted(conversation=conversation, stored=stored)
+    turn = turn_accept(
+        conversation=conversation,
+        text=text,
+        sender=user,
+        attachments=attachments,
+        telegram_message_id=telegram_message_id,
+    )
+    return Accepted(conversation=conversation, turn=turn)
 
 
 def conversation_persona_set(*, conversation: Conversation, persona: Persona) -> None:

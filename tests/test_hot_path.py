@@ -1,0 +1,123 @@
+"""What one chat message costs the database: the reads and writes every message makes, bounded and correct.
+
+Each message takes four trips to the database before the model is called (the update, the person, the
+question, the lease with the context) and two after (the answer with its ledger row, the Telegram ids).
+These tests hold the trips to their query counts, so that a change that adds a query to every message
+shows up here, and check that what the merged trips do is still right.
+"""
+
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from botapp import llm
+from botapp.conversations import ReplyRefused, _begin, _store_answer
+from botapp.models import BotUser, Conversation, MessageStatus, Profile, UsageRecord
+from botapp.telegram import services
+from tests.factories import BotFactory
+
+pytestmark = pytest.mark.django_db
+
+PERSON = {"telegram_id": 4242, "username": "ada", "first_name": "Ada", "last_name": "L", "language_code": "en"}
+
+
+@pytest.fixture
+def bot():
+    return BotFactory()
+
+
+def contact(bot, **changes):
+    return services.contact_sync(bot_id=bot.pk, **{**PERSON, **changes})
+
+
+def accept(bot, person, message_id: int, text: str = "Hello"):
+    return services.chat_message_accept(
+        bot=person.bot, telegram_chat_id=PERSON["telegram_id"], user=person.user, telegram_message_id=message_id,
+        text=text,
+    )  # fmt: skip
+
+
+def test_a_known_person_costs_two_reads(bot, django_assert_num_queries):
+    """The bot, then identity, user, profile and membership in one read; nothing is written when nothing changed."""
+    first = contact(bot)
+    assert first.allowed and BotUser.objects.filter(bot=bot, identity=first.identity).exists()
+    with django_assert_num_queries(2):
+        again = contact(bot)
+    assert again.user.pk == first.user.pk and again.allowed
+    with django_assert_num_queries(0):
+        assert again.user.jarvis_profile.language_code == "en"
+
+
+def test_a_returning_person_is_unblocked_and_renamed(bot):
+    """Writing again clears "blocked the bot" for broadcasts, and a new Telegram name is stored."""
+    first = contact(bot)
+    BotUser.objects.filter(bot=bot).update(blocked_bot_at=timezone.now())
+    again = contact(bot, first_name="Augusta")
+    assert BotUser.objects.get(bot=bot, identity=first.identity).blocked_bot_at is None
+    assert again.identity.first_name == "Augusta"
+
+
+def test_a_blocked_person_is_not_allowed(bot):
+    person = contact(bot)
+    Profile.objects.filter(user=person.user).update(is_blocked=True)
+    assert not contact(bot).allowed
+
+
+def test_a_message_in_a_known_chat_is_stored_in_one_trip(bot, django_assert_max_num_queries):
+    """Conversation, redelivery check, then question and pending answer in one INSERT: five queries at most."""
+    person = contact(bot)
+    accept(bot, person, 1)
+    with django_assert_max_num_queries(7):  # 5, plus the savepoint pair of the test's own transaction
+        accepted = accept(bot, person, 2, "Second")
+    turn = accepted.turn
+    assert turn.reply.pk > turn.user_message.pk
+    assert (turn.user_message.content, turn.reply.status) == ("Second", MessageStatus.PENDING)
+    again = accept(bot, person, 2, "Second")
+    assert again.turn is None and again.stored[0].pk == turn.user_message.pk
+
+
+def test_the_lease_is_taken_with_the_context_and_let_go_with_the_answer(bot, django_assert_max_num_queries):
+    """`_begin` takes the lease and builds the context; storing the answer lets the lease go in the same write."""
+    person = contact(bot)
+    turn = accept(bot, person, 1, "Hello there").turn
+    with django_assert_max_num_queries(6):
+        context = _begin(turn, "token-1")
+    assert context.messages[-1] == {"role": "user", "content": "Hello there"}
+    assert _begin(turn, "token-2") is None, "a second answerer waits while the lease is held"
+    usage = llm.Usage(input_tokens=context.input_tokens, output_tokens=3, model=context.model)
+    record = _store_answer(
+        turn, context=context, text="Hi!", usage=usage, status=MessageStatus.COMPLETE, latency_ms=5,
+        lease_token="token-1",
+    )  # fmt: skip
+    conversation = Conversation.objects.get(pk=turn.conversation.pk)
+    assert conversation.answering_until is None and conversation.answering_token == ""
+    assert record.cost_usd > Decimal("0") and UsageRecord.objects.filter(message=turn.reply).count() == 1
+
+
+def test_storing_with_someone_elses_token_leaves_their_lease(bot):
+    """An answer whose lease ran out and was taken by another process does not free the new holder's lease."""
+    person = contact(bot)
+    turn = accept(bot, person, 1).turn
+    context = _begin(turn, "mine")
+    Conversation.objects.filter(pk=turn.conversation.pk).update(answering_token="theirs")
+    usage = llm.Usage(input_tokens=10, output_tokens=2, model=context.model)
+    _store_answer(
+        turn, context=context, text="Hi", usage=usage, status=MessageStatus.COMPLETE, latency_ms=1, lease_token="mine"
+    )
+    conversation = Conversation.objects.get(pk=turn.conversation.pk)
+    assert conversation.answering_token == "theirs" and conversation.answering_until is not None
+
+
+def test_a_refused_turn_lets_the_lease_go(bot):
+    """A spent budget refuses the turn, stores it as failed and leaves the conversation free for the next one."""
+    person = contact(bot)
+    Profile.objects.filter(user=person.user).update(daily_budget_usd=Decimal("0"))
+    person = contact(bot)
+    turn = accept(bot, person, 1).turn
+    with pytest.raises(ReplyRefused):
+        _begin(turn, "token-1")
+    conversation = Conversation.objects.get(pk=turn.conversation.pk)
+    assert conversation.answering_until is None
+    turn.reply.refresh_from_db()
+    assert turn.reply.status == MessageStatus.FAILED
