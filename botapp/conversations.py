@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -175,7 +175,17 @@ def context_budget(*, model: str, max_output_tokens: int, price: ModelPrice | ob
     return max(budget, 0)
 
 
-def _as_chat_message(message: Message, *, with_images: bool) -> dict[str, Any]:
+class _Row(NamedTuple):
+    """A message as the context reads it: plain values, not a model instance (hundreds are read per answer)."""
+
+    id: int
+    role: str
+    content: str
+    attachments: list[dict[str, Any]]
+    token_count: int
+
+
+def _as_chat_message(message: _Row, *, with_images: bool) -> dict[str, Any]:
     if not message.attachments:
         return {"role": message.role, "content": message.content}
     if not with_images:
@@ -225,12 +235,12 @@ def context_build(turn: Turn) -> Context:
             role__in=(Role.USER, Role.ASSISTANT),
             status__in=IN_CONTEXT,
         )
-        .only("id", "role", "content", "attachments", "token_count")
-        .order_by("-id")[:CONTEXT_SCAN_LIMIT]
+        .order_by("-id")
+        .values_list("id", "role", "content", "attachments", "token_count")[:CONTEXT_SCAN_LIMIT]
     )
-    picked: list[Message] = []
+    picked: list[_Row] = []
     history_trimmed = False
-    for row in rows:
+    for row in map(_Row._make, rows):
         cost = row.token_count + llm.TOKENS_PER_MESSAGE
         if used + cost > budget:
             history_trimmed = True
