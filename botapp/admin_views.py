@@ -162,7 +162,9 @@ def usage_dashboard(request: HttpRequest, *, model_admin: admin.ModelAdmin) -> H
         "last": last,
         "breakdown": breakdown,
         "per_day": list(zip(days, per_day, strict=True)),
-        "spenders": usage_top_spenders(start=start, end=end, limit=ALL_PEOPLE if show_all else TOP_PEOPLE),
+        "spenders": usage_top_spenders(
+            start=start, end=end, limit=ALL_PEOPLE if show_all else TOP_PEOPLE, cached_until=cached_until
+        ),
         "show_all": show_all,
         "spend_chart": spend_chart,
         "token_chart": token_chart,

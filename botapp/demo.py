@@ -1,4 +1,8 @@
-"""Demo data at scale: people, bots, personas, conversations, messages and their ledger rows, in bulk."""
+"""Demo data at scale: people, bots, personas, conversations, messages and their ledger rows, in bulk.
+
+By default the ledger gets a chat row per answer. Asked for a number of ledger rows, it also gets what the
+title job and voice messages charge: a title row per conversation and transcription rows for enough questions.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.tasks import TITLE_PROMPT
 from botapp.usage import price_in_force, usage_record_price
 
 Progress = Callable[[int, int], None]
@@ -41,6 +46,12 @@ MESSAGES_PER_USER = 200
 MESSAGES_PER_CONVERSATION = 20
 # A model with no price row: its ledger rows are unpriced, so the dashboard's warning has something to show.
 UNPRICED_MODEL = "llama3.1:8b"
+# Share of answers the model provider failed to give: no ledger row for those.
+FAILED_SHARE = 0.01
+# A title is at most six words; its ledger row's output tokens lie in this range.
+TITLE_OUTPUT_TOKENS = (3, 9)
+# What a chat request adds to the tokens of its texts (roles, separators, the reply's priming).
+REQUEST_OVERHEAD_TOKENS = 7
 
 DEMO_PERSONAS = [
     ("Jarvis", "gpt-4o-mini", "You are Jarvis, a helpful, concise assistant."),
@@ -78,6 +89,10 @@ ANSWERS = [
 ]
 
 
+class DemoError(ValueError):
+    """Demo data that cannot be made as asked; the message is a sentence saying why."""
+
+
 @dataclass(frozen=True)
 class DemoSummary:
     """What `demo_data_seed` created."""
@@ -87,6 +102,18 @@ class DemoSummary:
     conversations: int
     messages: int
     usage_records: int
+
+
+def ledger_rows_range(messages: int) -> tuple[int, int]:
+    """About the fewest and the most ledger rows `messages` demo messages can carry when a total is asked for.
+
+    The fewest: a chat row per answer that did not fail and a title row per conversation; the most adds a
+    transcription row for every question. Estimated from the shares the generator draws with, which is well
+    within the 1 % a requested total is met to.
+    """
+    questions = messages // 2
+    fewest = round(questions * (1 - FAILED_SHARE)) + max(round(messages / MESSAGES_PER_CONVERSATION), 1)
+    return fewest, fewest + questions
 
 
 def _personas() -> list[Persona]:
@@ -124,8 +151,21 @@ def demo_data_seed(
     batch_size: int = 5000,
     seed: int | None = None,
     progress: Progress | None = None,
+    ledger_rows: int | None = None,
 ) -> DemoSummary:
-    """Create about `messages` messages (half answers, each with one ledger row) spread over `days` days."""
+    """Create about `messages` messages (half answers, each with one ledger row) spread over `days` days.
+
+    `ledger_rows`: make the ledger that long instead, adding title and transcription rows (see the module's
+    docstring); raises DemoError, before creating anything, if `messages` cannot carry that many.
+    """
+    if ledger_rows is not None:
+        fewest, most = ledger_rows_range(messages)
+        if not fewest <= ledger_rows <= most:
+            raise DemoError(
+                f"{messages:,} messages carry about {fewest:,} to {most:,} ledger rows (a chat row per answer, a "
+                f"title row per conversation and at most one transcription per question), not {ledger_rows:,}: "
+                "ask for a number in that range or for more messages."
+            )
     rng = random.Random(seed)
     tag = secrets.token_hex(3)
     now = timezone.now()
@@ -137,6 +177,7 @@ def demo_data_seed(
         _model(persona): price_in_force(model=_model(persona)) for persona in personas
     }
     prices[UNPRICED_MODEL] = None
+    prices[settings.OPENAI_TRANSCRIPTION_MODEL] = price_in_force(model=settings.OPENAI_TRANSCRIPTION_MODEL)
 
     people = _people(tag=tag, count=user_count, bots=bots, rng=rng, batch_size=batch_size)
     done = 0
@@ -145,6 +186,10 @@ def demo_data_seed(
     remaining = messages
     while remaining > 0:
         batch_messages = min(batch_size, remaining)
+        target = None
+        if ledger_rows is not None:
+            # Each batch aims at its share of the total so far: what one batch falls short, the next makes up.
+            target = round(ledger_rows * min(done + batch_messages, messages) / messages) - records_made
         made_conversations, made_messages, made_records = _conversation_batch(
             people=people,
             bots=bots,
@@ -155,6 +200,7 @@ def demo_data_seed(
             now=now,
             days=days,
             rng=rng,
+            ledger_target=target,
         )
         conversations_made += made_conversations
         records_made += made_records
@@ -239,6 +285,19 @@ def _people(*, tag: str, count: int, bots: list[Bot], rng: random.Random, batch_
     return people
 
 
+@dataclass
+class _Batch:
+    """One batch's unsaved messages and, by index into them, the answers and questions the ledger charges."""
+
+    messages: list[Message]
+    # Answer index, conversation, model, input tokens, output tokens: a chat row each.
+    answers: list[tuple[int, Conversation, str, int, int]]
+    # First complete answer index of each conversation, its model and the title job's input tokens.
+    titles: list[tuple[int, Conversation, str, int]]
+    # Question index and conversation: the questions that may have been sent as voice messages.
+    questions: list[tuple[int, Conversation]]
+
+
 def _conversation_batch(
     *,
     people: list[_Person],
@@ -250,7 +309,13 @@ def _conversation_batch(
     now: datetime,
     days: int,
     rng: random.Random,
+    ledger_target: int | None = None,
 ) -> tuple[int, int, int]:
+    """Create a batch's conversations, messages and ledger rows; return how many of each.
+
+    Without `ledger_target` the ledger gets a chat row per answer. With it, a title row per conversation too
+    and transcription rows for as many questions as it takes to make `ledger_target` rows.
+    """
     span = timedelta(days=days).total_seconds()
     plans = []
     # Split the batch's messages over its conversations, two per turn (question and answer).
@@ -288,69 +353,184 @@ def _conversation_batch(
                 for person, persona, unpriced, channel, bot, started, turns in plans
             ]
         )
-        message_rows: list[Message] = []
-        ledger_plan: list[tuple[int, Conversation, str, int, int]] = []
+        batch = _Batch(messages=[], answers=[], titles=[], questions=[])
         for conversation, (person, persona, unpriced, _channel, _bot, started, turns) in zip(rows, plans, strict=True):
             model = UNPRICED_MODEL if unpriced else _model(persona)
-            history = 40
-            for turn in range(turns):
-                topic = rng.choice(TOPICS)
-                at = min(started + timedelta(seconds=turn * 120), now)
-                question = rng.choice(QUESTIONS).format(topic=topic)
-                answer = rng.choice(ANSWERS).format(topic=topic)
-                question_tokens = len(question) // 4 + 1
-                answer_tokens = len(answer) // 4 + 1
-                history += question_tokens
-                message_rows.append(
-                    Message(
-                        conversation=conversation,
-                        role=Role.USER,
-                        sender_id=person.user_id,
-                        content=question,
-                        token_count=question_tokens,
-                        created_at=at,
-                    )
-                )
-                failed = rng.random() < 0.01
-                message_rows.append(
-                    Message(
-                        conversation=conversation,
-                        role=Role.ASSISTANT,
-                        content="" if failed else answer,
-                        status=MessageStatus.FAILED if failed else MessageStatus.COMPLETE,
-                        error="The model provider did not answer in time." if failed else "",
-                        token_count=0 if failed else answer_tokens,
-                        input_tokens=0 if failed else history,
-                        output_tokens=0 if failed else answer_tokens,
-                        latency_ms=rng.randint(300, 4000),
-                        model=model,
-                        created_at=at + timedelta(seconds=rng.randint(1, 20)),
-                    )
-                )
-                if not failed:
-                    ledger_plan.append((len(message_rows) - 1, conversation, model, history, answer_tokens))
-                    history += answer_tokens
-        created = Message.objects.bulk_create(message_rows)
-        records = []
-        for index, conversation, model, input_tokens, output_tokens in ledger_plan:
-            message = created[index]
-            price = prices.get(model)
-            cached = input_tokens // 2 if rng.random() < 0.3 else 0
-            record = UsageRecord(
-                user_id=conversation.user_id,
-                conversation=conversation,
-                message=message,
-                channel=conversation.channel,
-                bot=conversation.bot,
-                model=model,
-                kind=UsageKind.CHAT,
-                input_tokens=input_tokens,
-                cached_input_tokens=cached,
-                output_tokens=output_tokens,
-                status=UsageStatus.COMPLETE,
-                created_at=message.created_at,
-            )
-            usage_record_price(record, price)
-            records.append(record)
+            _conversation_messages(batch, conversation, person, model, started, turns, now, rng)
+        created = Message.objects.bulk_create(batch.messages)
+        records = _chat_records(created, batch.answers, prices, rng)
+        if ledger_target is not None:
+            records += _title_records(created, batch.titles, prices, now, rng)
+            voiced = _voice_questions(batch.questions, ledger_target - len(records), rng)
+            records += _transcription_records(created, voiced, prices, rng)
         UsageRecord.objects.bulk_create(records)
-    return len(rows), len(message_rows), len(records)
+    return len(rows), len(batch.messages), len(records)
+
+
+def _conversation_messages(
+    batch: _Batch,
+    conversation: Conversation,
+    person: _Person,
+    model: str,
+    started: datetime,
+    turns: int,
+    now: datetime,
+    rng: random.Random,
+) -> None:
+    """Add a conversation's questions and answers to `batch`, noting what the ledger will charge for them."""
+    history = 40
+    first_question = ""
+    titled = False
+    for turn in range(turns):
+        topic = rng.choice(TOPICS)
+        at = min(started + timedelta(seconds=turn * 120), now)
+        question = rng.choice(QUESTIONS).format(topic=topic)
+        answer = rng.choice(ANSWERS).format(topic=topic)
+        first_question = first_question or question
+        question_tokens = len(question) // 4 + 1
+        answer_tokens = len(answer) // 4 + 1
+        history += question_tokens
+        batch.messages.append(
+            Message(
+                conversation=conversation,
+                role=Role.USER,
+                sender_id=person.user_id,
+                content=question,
+                token_count=question_tokens,
+                created_at=at,
+            )
+        )
+        batch.questions.append((len(batch.messages) - 1, conversation))
+        failed = rng.random() < FAILED_SHARE
+        batch.messages.append(
+            Message(
+                conversation=conversation,
+                role=Role.ASSISTANT,
+                content="" if failed else answer,
+                status=MessageStatus.FAILED if failed else MessageStatus.COMPLETE,
+                error="The model provider did not answer in time." if failed else "",
+                token_count=0 if failed else answer_tokens,
+                input_tokens=0 if failed else history,
+                output_tokens=0 if failed else answer_tokens,
+                latency_ms=rng.randint(300, 4000),
+                model=model,
+                created_at=at + timedelta(seconds=rng.randint(1, 20)),
+            )
+        )
+        if failed:
+            continue
+        answer_index = len(batch.messages) - 1
+        batch.answers.append((answer_index, conversation, model, history, answer_tokens))
+        history += answer_tokens
+        if not titled:
+            # The title job runs after the first complete answer, on the first question and that answer.
+            batch.titles.append((answer_index, conversation, model, _title_input_tokens(first_question, answer)))
+            titled = True
+
+
+def _title_input_tokens(question: str, answer: str) -> int:
+    """The tokens of the title job's request, counted the demo's way (four characters a token)."""
+    transcript = f"Person: {question}\n\nJarvis: {answer}"
+    return len(TITLE_PROMPT) // 4 + len(transcript) // 4 + 2 + REQUEST_OVERHEAD_TOKENS
+
+
+def _chat_records(
+    created: list[Message],
+    answers: list[tuple[int, Conversation, str, int, int]],
+    prices: dict[str, ModelPrice | None],
+    rng: random.Random,
+) -> list[UsageRecord]:
+    """A chat row per complete answer, as the funnel charges it; about a third reused a cached prompt."""
+    records = []
+    for index, conversation, model, input_tokens, output_tokens in answers:
+        message = created[index]
+        cached = input_tokens // 2 if rng.random() < 0.3 else 0
+        record = UsageRecord(
+            user_id=conversation.user_id,
+            conversation=conversation,
+            message=message,
+            channel=conversation.channel,
+            bot=conversation.bot,
+            model=model,
+            kind=UsageKind.CHAT,
+            input_tokens=input_tokens,
+            cached_input_tokens=cached,
+            output_tokens=output_tokens,
+            status=UsageStatus.COMPLETE,
+            created_at=message.created_at,
+        )
+        records.append(usage_record_price(record, prices.get(model)))
+    return records
+
+
+def _title_records(
+    created: list[Message],
+    titles: list[tuple[int, Conversation, str, int]],
+    prices: dict[str, ModelPrice | None],
+    now: datetime,
+    rng: random.Random,
+) -> list[UsageRecord]:
+    """A title row per conversation, like botapp/tasks.py's title job: the chat model, no message, a short answer."""
+    records = []
+    for index, conversation, model, input_tokens in titles:
+        # The job is queued when the answer is stored and runs a few seconds later.
+        at = min(created[index].created_at + timedelta(seconds=rng.randint(1, 10)), now)
+        record = UsageRecord(
+            user_id=conversation.user_id,
+            conversation=conversation,
+            channel=conversation.channel,
+            bot=conversation.bot,
+            model=model,
+            kind=UsageKind.TITLE,
+            input_tokens=input_tokens,
+            output_tokens=rng.randint(*TITLE_OUTPUT_TOKENS),
+            status=UsageStatus.COMPLETE,
+            created_at=at,
+        )
+        records.append(usage_record_price(record, prices.get(model)))
+    return records
+
+
+def _voice_questions(
+    questions: list[tuple[int, Conversation]], count: int, rng: random.Random
+) -> list[tuple[int, Conversation]]:
+    """Pick `count` questions to have been voice messages: Telegram ones first, as only the bot takes recordings.
+
+    Web questions are voiced only when a batch needs more transcriptions than it has Telegram questions.
+    """
+    count = max(0, min(count, len(questions)))
+    telegram = [question for question in questions if question[1].channel == Channel.TELEGRAM]
+    if count <= len(telegram):
+        return rng.sample(telegram, count)
+    web = [question for question in questions if question[1].channel != Channel.TELEGRAM]
+    return telegram + rng.sample(web, count - len(telegram))
+
+
+def _transcription_records(
+    created: list[Message],
+    voiced: list[tuple[int, Conversation]],
+    prices: dict[str, ModelPrice | None],
+    rng: random.Random,
+) -> list[UsageRecord]:
+    """A transcription row per voiced question, priced by the audio minute as `audio_transcribe` charges it."""
+    model = settings.OPENAI_TRANSCRIPTION_MODEL
+    records = []
+    for index, conversation in voiced:
+        question = created[index]
+        # Speech runs at about 2.5 words a second; people pause before and while they speak.
+        milliseconds = len(question.content.split()) * 400 + rng.randint(500, 6000)
+        record = UsageRecord(
+            user_id=conversation.user_id,
+            conversation=conversation,
+            message=question,
+            channel=conversation.channel,
+            bot=conversation.bot,
+            model=model,
+            kind=UsageKind.TRANSCRIPTION,
+            audio_seconds=Decimal(milliseconds).scaleb(-3),
+            status=UsageStatus.COMPLETE,
+            # The recording is transcribed just before its text is stored as the question.
+            created_at=question.created_at,
+        )
+        records.append(usage_record_price(record, prices.get(model)))
+    return records

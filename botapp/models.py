@@ -511,3 +511,30 @@ class UsageDailyTotal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model} {self.channel}"
+
+
+class UsageDailyPersonTotal(models.Model):
+    """The ledger summed per local day and person: the dashboard's top spenders without reading every row.
+
+    Always written and deleted together with the UsageDailyTotal rows of the same days, from the same read of
+    the ledger, so their check against the ledger holds for these too.
+    """
+
+    zone = models.CharField(max_length=64)
+    day = models.DateField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    calls = models.PositiveIntegerField()
+    input_tokens = models.PositiveBigIntegerField()
+    cached_input_tokens = models.PositiveBigIntegerField()
+    output_tokens = models.PositiveBigIntegerField()
+    cost_usd = models.DecimalField(**USD)
+
+    class Meta:
+        verbose_name = _("daily usage total per person")
+        verbose_name_plural = _("daily usage totals per person")
+        indexes = [models.Index(fields=["zone", "day"], name="usage_person_zone_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} person {self.user_id}"

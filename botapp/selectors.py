@@ -37,6 +37,7 @@ from botapp.models import (
     MessageStatus,
     Persona,
     Role,
+    UsageDailyPersonTotal,
     UsageDailyTotal,
     UsageKind,
     UsageRecord,
@@ -231,12 +232,15 @@ def _local_day(*, start: datetime, end: datetime) -> Func | TruncDate:
 DAY_GROUP = ("day", "model", "bot_id", "channel", "priced")
 
 
-def ledger_day_groups(*, start: datetime, end: datetime) -> QuerySet:
-    """Ledger rows in [start, end) summed per local day, model, bot, channel and priced flag (dicts)."""
+def ledger_day_groups(*, start: datetime, end: datetime, per_person: bool = False) -> QuerySet:
+    """Ledger rows in [start, end) summed per local day, model, bot, channel and priced flag (dicts).
+
+    `per_person` splits each group by `user_id` too: one read that both daily caches can be built from.
+    """
     return (
         _ledger_between(start=start, end=end)
         .annotate(day=_local_day(start=start, end=end))
-        .values(*DAY_GROUP)
+        .values(*DAY_GROUP, *(("user_id",) if per_person else ()))
         .annotate(**_ledger_sums())
         .order_by()
     )
@@ -250,6 +254,27 @@ def usage_daily_totals_state(*, start: datetime, end: datetime) -> tuple[int, in
         cached.aggregate(calls=Sum("calls"))["calls"] or 0,
         _ledger_between(start=start, end=end).count(),
     )
+
+
+def usage_daily_totals_stale_days(*, start: datetime, end: datetime) -> list[date]:
+    """The local days in [start, end) whose cached call count is not their number of ledger rows, in order."""
+    first, last = timezone.localdate(start), timezone.localdate(end - timedelta(microseconds=1))
+    cached = dict(
+        UsageDailyTotal.objects.filter(zone=str(timezone.get_current_timezone()), day__gte=first, day__lte=last)
+        .values("day")
+        .annotate(calls=Sum("calls"))
+        .values_list("day", "calls")
+        .order_by()
+    )
+    actual = dict(
+        _ledger_between(start=start, end=end)
+        .annotate(day=_local_day(start=start, end=end))
+        .values("day")
+        .annotate(calls=Count("id"))
+        .values_list("day", "calls")
+        .order_by()
+    )
+    return sorted(day for day in cached.keys() | actual.keys() if cached.get(day) != actual.get(day))
 
 
 def _cached_day_groups(*, start: datetime, end: datetime) -> Iterator[dict]:
@@ -302,23 +327,47 @@ class Spender:
     totals: UsageTotals
 
 
-def usage_top_spenders(*, start: datetime, end: datetime, limit: int = 25) -> list[Spender]:
-    """The people who spent most in [start, end), most first (rows without a person grouped as one)."""
-    # Grouping by the id alone and naming only the winners afterwards keeps the join off the scan.
-    rows = list(
-        _ledger_between(start=start, end=end)
+def _cached_person_groups(*, start: datetime, end: datetime) -> QuerySet:
+    """The cached per-person totals of the whole local days in [start, end), summed per person (dicts)."""
+    first, last = timezone.localdate(start), timezone.localdate(end - timedelta(microseconds=1))
+    return (
+        UsageDailyPersonTotal.objects.filter(zone=str(timezone.get_current_timezone()), day__gte=first, day__lte=last)
         .values("user_id")
-        .annotate(**_ledger_sums())
-        .order_by("-cost_usd", "user_id")[:limit]
+        # The same columns in the same order as the ledger's sums, so the two can be read in one UNION.
+        .annotate(**{name: Sum(name) for name in _ledger_sums()})
+        .order_by()
     )
-    ids = [row["user_id"] for row in rows if row["user_id"] is not None]
+
+
+def _person_groups(*, start: datetime, end: datetime, cached_until: datetime | None) -> QuerySet:
+    """Totals per person for [start, end): whole days before `cached_until` from the cache, the rest from the ledger.
+
+    A person can appear twice (cached days and live ones); the caller adds them up.
+    """
+    live_from = max(start, min(cached_until or start, end))
+    # Grouping by the id alone and naming only the winners afterwards keeps the join off the scan.
+    live = _ledger_between(start=live_from, end=end).values("user_id").annotate(**_ledger_sums()).order_by()
+    if live_from <= start:
+        return live
+    cached = _cached_person_groups(start=start, end=live_from)
+    return cached if live_from >= end else cached.union(live, all=True)
+
+
+def usage_top_spenders(
+    *, start: datetime, end: datetime, limit: int = 25, cached_until: datetime | None = None
+) -> list[Spender]:
+    """The people who spent most in [start, end), most first (rows without a person grouped as one).
+
+    Whole days before `cached_until` are read from the per-person daily totals (see botapp.usage_totals,
+    which checks them first): summing a million ledger rows per person on every view took seconds.
+    """
+    per_person: dict[int | None, UsageTotals] = {}
+    for row in _person_groups(start=start, end=end, cached_until=cached_until):
+        per_person.setdefault(row["user_id"], UsageTotals()).add(row)
+    ranked = sorted(per_person.items(), key=lambda item: (-item[1].cost_usd, item[0] or 0))[:limit]
+    ids = [user_id for user_id, _totals in ranked if user_id is not None]
     names = dict(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username")) if ids else {}
-    spenders = []
-    for row in rows:
-        totals = UsageTotals()
-        totals.add(row)
-        spenders.append(Spender(row["user_id"], names.get(row["user_id"], ""), totals))
-    return spenders
+    return [Spender(user_id, names.get(user_id, ""), totals) for user_id, totals in ranked]
 
 
 LEDGER_CSV_COLUMNS = [

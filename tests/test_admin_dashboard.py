@@ -278,3 +278,54 @@ def test_cache_is_kept_per_time_zone(staff_client, ledger, settings) -> None:
     response = staff_client.get(reverse(DASHBOARD))
     assert response.context["breakdown"].total.calls == 4
     assert set(UsageDailyTotal.objects.values_list("zone", flat=True)) == {"UTC", "Asia/Tokyo"}
+
+
+def test_top_spenders_add_cached_days_per_person_to_today(staff_client, ledger) -> None:
+    """Finished days' spend per person comes from the per-person totals, today's from the ledger, added up."""
+    from botapp.models import UsageDailyPersonTotal
+
+    cost, alice, bob = ledger["cost"], ledger["alice"], ledger["bob"]
+    staff_client.get(reverse(DASHBOARD))
+    yesterday = timezone.localdate() - timedelta(days=1)
+    cached = UsageDailyPersonTotal.objects.get(day=yesterday, user=alice)
+    assert (cached.calls, cached.input_tokens, cached.cost_usd) == (1, 200_000, cost["alice_4o"])
+    assert UsageDailyPersonTotal.objects.filter(user=bob).count() == 2
+    assert not UsageDailyPersonTotal.objects.filter(day=timezone.localdate()).exists()
+    # Proof that the cache is read: a doctored cached sum shows up beside today's row, read from the ledger.
+    UsageDailyPersonTotal.objects.filter(pk=cached.pk).update(cost_usd=cached.cost_usd + 1)
+    spenders = staff_client.get(reverse(DASHBOARD)).context["spenders"]
+    assert [(s.username, s.totals.calls, s.totals.cost_usd) for s in spenders] == [
+        ("alice", 2, cost["alice_mini"] + cost["alice_4o"] + 1),
+        ("bob", 2, cost["bob_mini"]),
+    ]
+    # A row that arrives late for yesterday rebuilds the per-person totals with the day totals.
+    late = usage_record_create(
+        user=bob, kind=UsageKind.CHAT, model="gpt-4o", channel=Channel.WEB, input_tokens=10, at=noon(1)
+    )
+    spenders = staff_client.get(reverse(DASHBOARD)).context["spenders"]
+    assert [(s.username, s.totals.calls, s.totals.cost_usd) for s in spenders] == [
+        ("alice", 2, cost["alice_mini"] + cost["alice_4o"]),
+        ("bob", 3, cost["bob_mini"] + late.cost_usd),
+    ]
+
+
+def test_only_the_days_whose_count_is_off_are_rebuilt(staff_client, ledger) -> None:
+    """A late row for yesterday rebuilds yesterday alone: a new day costs one day's sums, not the whole range."""
+    from botapp.models import UsageDailyPersonTotal, UsageDailyTotal
+
+    cost = ledger["cost"]
+    staff_client.get(reverse(DASHBOARD))
+    yesterday, before = timezone.localdate() - timedelta(days=1), timezone.localdate() - timedelta(days=2)
+    # Doctored sums (same call counts) on the day before yesterday: they stay unless that day is rebuilt.
+    UsageDailyTotal.objects.filter(day=before).update(cost_usd=Decimal("5"))
+    UsageDailyPersonTotal.objects.filter(day=before).update(cost_usd=Decimal("5"))
+    late = usage_record_create(
+        user=ledger["alice"], kind=UsageKind.CHAT, model="gpt-4o", channel=Channel.WEB, input_tokens=10, at=noon(1)
+    )
+    response = staff_client.get(reverse(DASHBOARD))
+    breakdown = response.context["breakdown"]
+    assert breakdown.per_day[yesterday].calls == 3
+    assert breakdown.per_day[yesterday].cost_usd == cost["alice_4o"] + cost["bob_mini"] + late.cost_usd
+    assert breakdown.per_day[before].cost_usd == Decimal("5")
+    bob = next(spender for spender in response.context["spenders"] if spender.username == "bob")
+    assert bob.totals.cost_usd == cost["bob_mini"] + Decimal("5")

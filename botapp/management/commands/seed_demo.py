@@ -1,4 +1,4 @@
-"""`python manage.py seed_demo --messages N`: fill the database with realistic demo data, fast."""
+"""`python manage.py seed_demo --messages N [--ledger-rows M]`: fill the database with realistic demo data, fast."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from argparse import ArgumentParser
 
 from django.core.management.base import BaseCommand, CommandError
 
-from botapp.demo import demo_data_seed
+from botapp.demo import DemoError, demo_data_seed
 
 BAR_WIDTH = 40
 
@@ -15,7 +15,8 @@ BAR_WIDTH = 40
 class Command(BaseCommand):
     help = (
         "Create demo people, bots, personas, conversations, messages and one ledger row per answer "
-        "(bulk inserts in batches), to try the admin and measure it at scale."
+        "(bulk inserts in batches), to try the admin and measure it at scale. --ledger-rows adds title and "
+        "voice-transcription rows until the ledger has that many."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -24,6 +25,13 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=90, help="Spread the messages over this many past days.")
         parser.add_argument("--batch-size", type=int, default=5000, help="Rows per bulk insert (default 5000).")
         parser.add_argument("--seed", type=int, default=None, help="Random seed, for the same data every run.")
+        parser.add_argument(
+            "--ledger-rows",
+            type=int,
+            default=None,
+            help="Make the ledger this long (within 1%%): a title row per conversation and transcription rows for "
+            "a share of the questions, as if sent as voice messages (default: one row per answer).",
+        )
 
     def handle(self, *args: object, **options: object) -> None:
         messages = options["messages"]
@@ -45,14 +53,18 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
 
-        summary = demo_data_seed(
-            messages=messages,
-            users=options["users"],
-            days=options["days"],
-            batch_size=options["batch_size"],
-            seed=options["seed"],
-            progress=progress,
-        )
+        try:
+            summary = demo_data_seed(
+                messages=messages,
+                users=options["users"],
+                days=options["days"],
+                batch_size=options["batch_size"],
+                seed=options["seed"],
+                progress=progress,
+                ledger_rows=options["ledger_rows"],
+            )
+        except DemoError as error:
+            raise CommandError(str(error)) from error
         elapsed = time.monotonic() - started
         self.stdout.write("")
         self.stdout.write(
