@@ -485,7 +485,20 @@ class Broadcast(models.Model):
         return f"Broadcast {self.pk} via {self.bot}"
 
 
-class UsageDailyTotal(models.Model):
+class _DailySums(models.Model):
+    """What the dashboard's caches add up per group of ledger rows."""
+
+    calls = models.PositiveIntegerField()
+    input_tokens = models.PositiveBigIntegerField()
+    cached_input_tokens = models.PositiveBigIntegerField()
+    output_tokens = models.PositiveBigIntegerField()
+    cost_usd = models.DecimalField(**USD)
+
+    class Meta:
+        abstract = True
+
+
+class UsageDailyTotal(_DailySums):
     """The ledger summed per local day, model, bot, channel and priced flag: a cache the dashboard checks.
 
     Rebuilt from the ledger whenever the number of ledger rows in its days no longer matches `calls`
@@ -498,11 +511,6 @@ class UsageDailyTotal(models.Model):
     bot = models.ForeignKey(Bot, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     channel = models.CharField(max_length=16, choices=Channel.choices)
     priced = models.BooleanField()
-    calls = models.PositiveIntegerField()
-    input_tokens = models.PositiveBigIntegerField()
-    cached_input_tokens = models.PositiveBigIntegerField()
-    output_tokens = models.PositiveBigIntegerField()
-    cost_usd = models.DecimalField(**USD)
 
     class Meta:
         verbose_name = _("daily usage total")
@@ -513,7 +521,7 @@ class UsageDailyTotal(models.Model):
         return f"{self.day} {self.model} {self.channel}"
 
 
-class UsageDailyPersonTotal(models.Model):
+class UsageDailyPersonTotal(_DailySums):
     """The ledger summed per local day and person: the dashboard's top spenders without reading every row.
 
     Always written and deleted together with the UsageDailyTotal rows of the same days, from the same read of
@@ -525,11 +533,6 @@ class UsageDailyPersonTotal(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    calls = models.PositiveIntegerField()
-    input_tokens = models.PositiveBigIntegerField()
-    cached_input_tokens = models.PositiveBigIntegerField()
-    output_tokens = models.PositiveBigIntegerField()
-    cost_usd = models.DecimalField(**USD)
 
     class Meta:
         verbose_name = _("daily usage total per person")
