@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import translation
 from telegram import Update
-from telegram.error import NetworkError
+from telegram.error import NetworkError, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -33,7 +34,7 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from botapp.conversations import ReplyRefused, leases_release, turn_for_pending_reply
-from botapp.database import database_retry, database_wait
+from botapp.database import database_retry, database_wait, is_unavailable
 from botapp.models import Bot, Message, MessageStatus, ProcessedUpdate
 from botapp.telegram import handlers, selectors, services
 
@@ -47,6 +48,9 @@ CONNECTION_POOL_SIZE = 32
 ADMIT_DEADLINE_SECONDS = 10.0
 # Handling attempts for an update whose handling fails on a database that answers the health check.
 DATABASE_ATTEMPTS = 5
+# While polling, answers left pending this long with nobody writing them are answered (no restart needed).
+PENDING_SWEEP_SECONDS = 30.0
+PENDING_IDLE = timedelta(seconds=90)
 
 
 class QueuedRequest(HTTPXRequest):
@@ -346,3 +350,39 @@ async def application_recover(application: Application) -> list[asyncio.Task[Non
     # Let every task take its place in its chat's queue before new updates arrive.
     await asyncio.sleep(0)
     return tasks
+
+
+async def _answer_swept(application: Application, reply: Message) -> None:
+    try:
+        await _answer_pending(application, reply)
+    except Exception:
+        logger.exception("Pending answer %s could not be answered; the next sweep tries again", reply.pk)
+
+
+def polling_error(error: TelegramError) -> None:
+    """How polling reports a failed getUpdates: a line, not a traceback, for the outages it rides out."""
+    logger.warning("Polling for updates failed, trying again: %s", error)
+
+
+async def pending_sweep(application: Application) -> None:
+    """Keep answering, while polling, answers left pending with nobody writing them; each exactly once.
+
+    An answer whose turn failed part-way (its update gave up on a failing database, say) would otherwise wait
+    for the next restart. Each is answered under its chat's lock, after checking that it is still pending.
+    """
+    bot = await Bot.objects.aget(pk=application.bot_data["bot_id"])
+    sweeping: dict[int, asyncio.Task[None]] = {}
+    while True:
+        await asyncio.sleep(PENDING_SWEEP_SECONDS)
+        try:
+            stale = await sync_to_async(selectors.pending_replies)(bot=bot, idle_for=PENDING_IDLE)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            continue
+        for reply in stale:
+            if reply.pk not in sweeping:
+                logger.info("Bot %s: answering message %s, left pending", bot.name, reply.pk)
+                task = asyncio.create_task(_answer_swept(application, reply))
+                sweeping[reply.pk] = task
+                task.add_done_callback(lambda _task, pk=reply.pk: sweeping.pop(pk, None))
