@@ -426,7 +426,11 @@ def _speech_record(
                 conversation=conversation,
                 message=message,
                 bot=conversation.bot,
-                input_tokens=usage.input_tokens if usage else llm.count_tokens(text, model=speech.model),
+                input_tokens=usage.input_tokens
+                if usage
+                else 0
+                if by_characters
+                else llm.count_tokens(text, model=speech.model),
                 output_tokens=usage.output_tokens if usage else 0,
                 characters=speech.characters if by_characters else 0,
                 status=UsageStatus.COMPLETE,

@@ -52,6 +52,12 @@ def _seeded_defaults(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generated pictures and recordings go to a temporary folder, never into the checkout."""
+    settings.MEDIA_ROOT = str(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(autouse=True)
 def _close_worker_connections() -> Iterator[None]:
     """Close the connection `sync_to_async` opened in its worker thread, so the test database can be dropped."""
     yield
