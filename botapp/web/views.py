@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from decimal import Decimal
@@ -414,6 +415,30 @@ async def message_speech(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+_BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _ranged(request: HttpRequest, data: bytes, *, content_type: str) -> HttpResponse:
+    """The file, or the one byte range asked for: browsers need ranges to seek in audio and to know its length."""
+    match = _BYTE_RANGE.match(request.headers.get("Range", "").strip())
+    if match is None or not data or match.groups() == ("", ""):
+        response = HttpResponse(data, content_type=content_type)
+    else:
+        first, last = match.groups()
+        if first:
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+        else:
+            start, end = max(len(data) - int(last), 0), len(data) - 1
+        if start > end:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{len(data)}"
+            return response
+        response = HttpResponse(data[start : end + 1], content_type=content_type, status=206)
+        response["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+    response["Accept-Ranges"] = "bytes"
+    return response
+
+
 @login_required
 @require_GET
 def media_file(request: HttpRequest, pk: int) -> HttpResponse:
@@ -429,7 +454,7 @@ def media_file(request: HttpRequest, pk: int) -> HttpResponse:
             data = handle.read()
     except FileNotFoundError as exc:
         raise Http404(_("No such file.")) from exc
-    response = HttpResponse(data, content_type=item.content_type)
+    response = _ranged(request, data, content_type=item.content_type)
     suffix = item.file.name.rsplit(".", 1)[-1] if "." in item.file.name else "bin"
     response["Content-Disposition"] = f'inline; filename="jarvis-{item.kind}-{item.pk}.{suffix}"'
     # Private: a shared cache must never hand one person's picture to another.

@@ -172,6 +172,12 @@
 
   async function draw(text) {
     const message = IMAGE_COMMAND.test(text) ? text : "/image " + text;
+    // A new conversation is known by its first question until it gets a title (as app.js does for chat).
+    const heading = document.querySelector(".conversation-head h1[data-untitled]");
+    if (heading) {
+      heading.textContent = message.slice(0, 80);
+      heading.removeAttribute("data-untitled");
+    }
     const question = item("user");
     const body = document.createElement("div");
     body.className = "body plain";
