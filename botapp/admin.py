@@ -320,12 +320,6 @@ class PersonaAdmin(admin.ModelAdmin):
     search_fields = ["name", "model"]
 
 
-class ModelImagePriceInline(admin.TabularInline):
-    model = ModelImagePrice
-    extra = 0
-    verbose_name_plural = _("Prices per picture (image models that report no tokens, e.g. dall-e-3)")
-
-
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     list_display = [
@@ -338,10 +332,26 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "per_mchars",
         "valid_from",
     ]
-    inlines = [ModelImagePriceInline]
+    readonly_fields = ["picture_prices"]
     search_fields = ["model"]
     # A price change is best a new row from a new date: the ledger keeps the prices it used either way.
     save_as = True
+
+    @admin.display(description=_("prices per picture"))
+    def picture_prices(self, obj: ModelPrice) -> str:
+        """Image models billed per picture (dall-e) have a price per size and quality, edited on their own page."""
+        rows = list(obj.image_prices.all()) if obj.pk else []
+        listing = ", ".join(str(row) for row in rows) or _("none (the model is billed by tokens or characters)")
+        url = reverse("admin:botapp_modelimageprice_changelist") + (f"?price__id__exact={obj.pk}" if obj.pk else "")
+        return format_html('{} · <a href="{}">{}</a>', listing, url, _("edit"))
+
+
+@admin.register(ModelImagePrice)
+class ModelImagePriceAdmin(admin.ModelAdmin):
+    list_display = ["price", "size", "quality", "usd_per_image"]
+    list_filter = ["price__model"]
+    list_select_related = ["price"]
+    search_fields = ["price__model", "size"]
 
 
 # --- Conversations, messages and the ledger -----------------------------------------------------

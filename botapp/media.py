@@ -53,6 +53,7 @@ PICTURE_FORMATS = {"PNG": ("image/png", ".png"), "JPEG": ("image/jpeg", ".jpg"),
 SPEECH_SUFFIXES = {"audio/ogg": ".ogg", "audio/mpeg": ".mp3", "audio/aac": ".aac", "audio/wav": ".wav"}
 # The picture edited is sent to the provider as it is; bigger ones are refused before any spend.
 MAX_SOURCE_BYTES = 25 * 1024 * 1024
+DEFAULT_VOICE = "alloy"
 _IMAGE_COMMAND = re.compile(r"^/image(?:@\w+)?(?:\s+|$)", re.IGNORECASE)
 
 
@@ -381,7 +382,7 @@ def _speech_prepare(message: Message, requested_by: AbstractBaseUser) -> tuple[M
     media_check(user=requested_by)
     persona = _persona(message.conversation)
     model = settings.OPENAI_TTS_MODEL
-    return None, model, persona.voice if persona else "alloy", price_in_force(model=model)
+    return None, model, (persona.voice if persona else "") or DEFAULT_VOICE, price_in_force(model=model)
 
 
 async def message_speak(*, message: Message, requested_by: AbstractBaseUser) -> Spoken:

@@ -126,8 +126,12 @@ class Persona(models.Model):
     voice = models.CharField(
         _("voice"),
         max_length=64,
+        blank=True,
         default="alloy",
-        help_text=_("The speech model's voice: alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, ..."),
+        help_text=_(
+            "The speech model's voice: alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, ... "
+            "Empty: alloy."
+        ),
     )
     speaks_by_default = models.BooleanField(
         _("answers with voice notes"),
@@ -360,9 +364,10 @@ class ModelPrice(models.Model):
     per_mchars = models.DecimalField(
         _("USD / 1M characters"),
         **UNIT_PRICE,
-        default=Decimal("0"),
+        null=True,
+        blank=True,
         validators=[MinValueValidator(Decimal("0"))],
-        help_text=_("Speech models billed by the characters they read out (tts-1)."),
+        help_text=_("Speech models billed by the characters they read out (tts-1). Empty: not billed that way."),
     )
     context_window = models.PositiveIntegerField(_("context window (tokens)"), null=True, blank=True)
     supports_images = models.BooleanField(_("accepts images"), default=False)

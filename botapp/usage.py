@@ -80,7 +80,7 @@ def cost_of(
         + image_in * image_in_rate
         + (output_tokens - image_out) * price.output_per_mtok
         + image_out * image_out_rate
-        + characters * price.per_mchars
+        + characters * (price.per_mchars or 0)
     ) / MILLION
     audio = audio_seconds * price.audio_per_minute / SECONDS_PER_MINUTE
     pictures = images * (image_price_each or Decimal("0"))

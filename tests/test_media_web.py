@@ -16,7 +16,18 @@ from django.urls import reverse
 from django.utils import timezone
 
 from botapp import media, tasks
-from botapp.models import Conversation, MediaFile, MediaKind, Message, MessageStatus, Role, UsageKind, UsageRecord
+from botapp.models import (
+    Conversation,
+    MediaFile,
+    MediaKind,
+    Message,
+    MessageStatus,
+    ModelImagePrice,
+    ModelPrice,
+    Role,
+    UsageKind,
+    UsageRecord,
+)
 from botapp.web.services import conversation_delete
 from tests.factories import ConversationFactory, PersonaFactory, UserFactory
 from tests.fakes.openai_server import Behaviour
@@ -174,6 +185,11 @@ def test_a_tool_draws_with_one_call_and_several_pictures_fit_one_answer(fake_ope
     assert [item.media.usage_id for item in made] == [item.usage.pk for item in made]
     for item, request in zip(made, fake_openai.image_requests(), strict=True):
         assert item.usage.cost_usd == gpt_image_cost(request.usage) and on_disk(item.media).is_file()
+    Message.objects.filter(pk=answer.pk).update(status=MessageStatus.COMPLETE, content="Here are **both**.")
+    page = client_for(conversation.user).get(reverse("web:conversation", args=[conversation.pk])).content.decode()
+    # Pictures a tool drew go with the answer's own text, which can be read out.
+    assert "<strong>both</strong>" in page and page.count('<figure class="picture"') == 2
+    assert reverse("web:speech", args=[answer.pk]) in page
 
 
 def test_admin_transcript_shows_pictures_and_recordings(fake_openai):
@@ -303,3 +319,15 @@ async def test_a_cancelled_request_still_keeps_and_charges_the_picture(fake_open
     assert await UsageRecord.objects.filter(kind=UsageKind.IMAGE).acount() == 1
     answer = await Message.objects.aget(role=Role.ASSISTANT)
     assert answer.status == MessageStatus.COMPLETE
+
+
+def test_per_picture_prices_are_shown_and_edited_in_the_admin(db):
+    """The price page of dall-e-3 lists its seeded per-picture prices; they are edited on their own admin page."""
+    staff = client_for(UserFactory(is_staff=True, is_superuser=True))
+    price = ModelPrice.objects.get(model="dall-e-3")
+    page = staff.get(reverse("admin:botapp_modelprice_change", args=[price.pk])).content.decode()
+    assert "1024x1024 hd: $0.080000" in page and f"?price__id__exact={price.pk}" in page
+    row = ModelImagePrice.objects.get(price=price, size="1024x1024", quality="standard")
+    form = {"price": price.pk, "size": "1024x1024", "quality": "standard", "usd_per_image": "0.050"}
+    assert staff.post(reverse("admin:botapp_modelimageprice_change", args=[row.pk]), form).status_code == 302
+    assert ModelImagePrice.objects.get(pk=row.pk).usd_per_image == Decimal("0.05")

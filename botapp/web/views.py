@@ -330,7 +330,11 @@ def _with_media(message: Message) -> None:
     files = list(message.media.all())
     message.pictures = [item for item in files if item.kind == MediaKind.IMAGE]
     message.recording = next((item for item in files if item.kind == MediaKind.SPEECH), None)
-    if message.pictures:
+    # An /image answer is its picture (its text is the caption); pictures a tool drew go with the answer's text.
+    message.is_picture = any(
+        item.usage is not None and item.usage.message_id == message.pk for item in message.pictures
+    )
+    if message.is_picture:
         cost = sum((item.usage.cost_usd for item in message.pictures if item.usage is not None), Decimal("0"))
         message.meta = picture_meta(cost)
 
