@@ -24,12 +24,13 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
-from botapp import llm
+from botapp import llm, media
 from botapp.database import database_retry, is_unavailable
 from botapp.models import (
     Bot,
     Channel,
     Conversation,
+    MediaFile,
     Message,
     MessageStatus,
     ModelPrice,
@@ -322,10 +323,11 @@ def leases_release(*, bot: Bot) -> int:
     )
 
 
-def _begin(turn: Turn, token: str) -> Context | None:
+def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None) -> Any:
     """Take the conversation's lease, check the turn and build its context, in one trip to the database.
 
     None while another process holds the lease; a refused turn is stored as failed and the lease let go.
+    `prepare` checks and builds (the chat context by default; a picture's plan for /image turns).
     """
     now = timezone.now()
     taken = Conversation.objects.filter(
@@ -334,7 +336,7 @@ def _begin(turn: Turn, token: str) -> Context | None:
     if not taken:
         return None
     try:
-        return _check_and_build(turn)
+        return (prepare or _check_and_build)(turn)
     except ReplyRefused as refusal:
         with transaction.atomic():
             _refuse(turn, str(refusal))
@@ -363,6 +365,12 @@ def _refuse(turn: Turn, sentence: str) -> None:
 
 
 def _check_and_build(turn: Turn) -> Context:
+    _check_turn(turn)
+    return context_build(turn)
+
+
+def _check_turn(turn: Turn) -> None:
+    """ReplyRefused when the turn may not be answered: a message too long, a blocked person, a spent budget."""
     # A background job may have titled or summarised the conversation since the turn was read.
     fresh = Conversation.objects.select_related("persona").get(pk=turn.conversation.pk)
     for field in ("title", "summary", "summary_until_id", "model", "persona"):
@@ -380,7 +388,6 @@ def _check_and_build(turn: Turn) -> Context:
     refusal = budget_refusal(user=sender, profile=profile)
     if refusal:
         raise ReplyRefused(refusal)
-    return context_build(turn)
 
 
 def _store_answer(
@@ -621,6 +628,7 @@ def conversation_start(
     telegram_chat_id: int | None = None,
     persona: Persona | None = None,
     title: str = "",
+    voice_answers: bool | None = None,
 ) -> Conversation:
     """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept)."""
     if persona is None:
@@ -633,7 +641,13 @@ def conversation_start(
                 is_active=False
             )
         return Conversation.objects.create(
-            user=user, channel=channel, bot=bot, telegram_chat_id=telegram_chat_id, persona=persona, title=title
+            user=user,
+            channel=channel,
+            bot=bot,
+            telegram_chat_id=telegram_chat_id,
+            persona=persona,
+            title=title,
+            voice_answers=voice_answers,
         )
 
 
@@ -702,3 +716,129 @@ async def audio_transcribe(
         audio_seconds=seconds,
     )
     return llm.Transcript(text=transcript.text, audio_seconds=seconds, model=transcript.model)
+
+
+# --- Pictures and speech (made and kept by botapp.media) -----------------------------------------
+
+
+@dataclass
+class Drawn:
+    """A stored /image turn's answer: the message, its picture and the ledger row that paid for it."""
+
+    message: Message
+    media: MediaFile
+    usage: UsageRecord
+
+
+def _plan_picture(turn: Turn) -> media.PicturePlan:
+    _check_turn(turn)
+    return media.picture_plan(conversation=turn.conversation)
+
+
+def _store_picture(turn: Turn, *, stored: media.StoredPicture, latency_ms: int, lease_token: str) -> Drawn:
+    """The answer, its picture and its ledger row in one write, letting go of the lease (like `_store_answer`)."""
+    reply = turn.reply
+    picture = stored.picture
+    reply.content = picture.revised_prompt or stored.prompt
+    reply.status = MessageStatus.COMPLETE
+    reply.error = ""
+    reply.model = picture.model
+    reply.input_tokens = picture.usage.input_tokens if picture.usage else 0
+    reply.output_tokens = picture.usage.output_tokens if picture.usage else 0
+    reply.token_count = llm.count_tokens(reply.content, model=turn.conversation.effective_model)
+    reply.latency_ms = latency_ms
+    reply.created_at = timezone.now()
+    sender = turn.user_message.sender or turn.conversation.user
+    held = Q(answering_token=lease_token)
+    with transaction.atomic():
+        reply.save(
+            update_fields=[
+                "content",
+                "status",
+                "error",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "token_count",
+                "latency_ms",
+                "created_at",
+            ]
+        )
+        Conversation.objects.filter(pk=turn.conversation.pk).update(
+            updated_at=reply.created_at,
+            answering_until=Case(When(held, then=None), default=F("answering_until")),
+            answering_token=Case(When(held, then=Value("")), default=F("answering_token")),
+        )
+        picture_file, record = media.picture_record(
+            stored=stored,
+            conversation=turn.conversation,
+            requested_by=sender,
+            message=reply,
+            charge_message=reply,
+        )
+    return Drawn(message=reply, media=picture_file, usage=record)
+
+
+def _picture_failed(turn: Turn, sentence: str, token: str) -> None:
+    with transaction.atomic():
+        _refuse(turn, sentence)
+        _lease_release_now(turn.conversation.pk, token)
+
+
+async def turn_draw(turn: Turn, *, prompt: str, source: media.ImageSource | None = None) -> Drawn:
+    """Answer a stored /image turn with a picture (an edit of `source` when given). Raises ReplyError.
+
+    The same rules as a chat answer: the conversation's lease, the person's access and budget checked
+    before the provider is called, and the answer stored with its ledger row (kind `image`) in one write.
+    The provider's refusals (safety, an unsupported size, a timeout) are stored on the turn as sentences.
+    """
+    conversation_id = turn.conversation.pk
+    async with _lock_for(conversation_id):
+        token = secrets.token_hex(8)
+        try:
+            while True:
+                plan = await sync_to_async(_begin)(turn, token, _plan_picture)
+                if plan is not None:
+                    break
+                await asyncio.sleep(LEASE_POLL_SECONDS)
+        except ReplyRefused:
+            raise
+        except BaseException:
+            await asyncio.shield(_lease_release(conversation_id, token))
+            raise
+        keeper = asyncio.create_task(_lease_keep(conversation_id, token))
+        stored = None
+        try:
+            started = time.monotonic()
+            try:
+                stored = await media.picture_make(plan=plan, prompt=prompt, source=source)
+            except media.MediaError as exc:
+                logger.info("No picture in conversation %s: %s", conversation_id, exc)
+                await asyncio.shield(sync_to_async(_picture_failed)(turn, str(exc), token))
+                raise (ReplyRefused if isinstance(exc, media.MediaRefused) else ReplyFailed)(str(exc)) from exc
+            latency_ms = int((time.monotonic() - started) * 1000)
+            # Shielded and retried while the database is away: the picture is paid for and must not be lost.
+            return await asyncio.shield(
+                database_retry(_store_picture, turn, stored=stored, latency_ms=latency_ms, lease_token=token)
+            )
+        except BaseException:
+            if stored is not None and not await sync_to_async(_picture_kept)(stored.name):
+                await asyncio.shield(sync_to_async(media.discard)(stored.name))
+            raise
+        finally:
+            keeper.cancel()
+            await asyncio.shield(_lease_release(conversation_id, token))
+
+
+def _picture_kept(name: str) -> bool:
+    return MediaFile.objects.filter(file=name).exists()
+
+
+async def reply_speak(*, message: Message, requested_by: AbstractBaseUser) -> media.Spoken:
+    """Read an answer out (kept, and charged once as `speech`); raises ReplyError with a sentence."""
+    try:
+        return await media.message_speak(message=message, requested_by=requested_by)
+    except media.MediaRefused as exc:
+        raise ReplyRefused(str(exc)) from exc
+    except media.MediaError as exc:
+        raise ReplyFailed(str(exc)) from exc

@@ -252,6 +252,8 @@ def build_application(bot: Bot, *, polling: bool = True) -> Application:
             CommandHandler("retry", handlers.retry, filters=only_new),
             CommandHandler("caps", handlers.caps, filters=only_new),
             CommandHandler("link", handlers.link, filters=only_new),
+            CommandHandler("image", handlers.image, filters=only_new),
+            CommandHandler("voice", handlers.voice, filters=only_new),
             CallbackQueryHandler(handlers.persona_chosen, pattern=f"^{handlers.PERSONA_CALLBACK_PREFIX}"),
             InlineQueryHandler(handlers.inline_caps),
             MessageHandler(only_new & filters.COMMAND, handlers.unknown_command),

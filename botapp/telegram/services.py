@@ -14,6 +14,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from botapp.conversations import Turn, conversation_for_chat, turn_accept
+from botapp.media import speaks
 from botapp.models import (
     AccessPolicy,
     Bot,
@@ -165,6 +166,13 @@ def conversation_persona_set(*, conversation: Conversation, persona: Persona) ->
     """Switch the persona (and so the system prompt and model) of a conversation from the next answer on."""
     conversation.persona = persona
     conversation.save(update_fields=["persona"])
+
+
+def conversation_voice_switch(*, conversation: Conversation) -> bool:
+    """Switch a chat between text and voice-note answers (from the next answer on); True when now speaking."""
+    conversation.voice_answers = not speaks(conversation)
+    conversation.save(update_fields=["voice_answers"])
+    return conversation.voice_answers
 
 
 def message_reply_ids_store(*, message_id: int, telegram_ids: list[int]) -> None:
