@@ -81,17 +81,30 @@ register(
 # --- Reading a page -----------------------------------------------------------------------------
 
 
+# Past this much HTML, trafilatura's fallback extractors and metadata search take seconds: the fast path is used.
+FAST_EXTRACTION_BYTES = 512 * 1024
+
+
 def _extract(page: fetch.Page) -> tuple[str, str]:
     """(title, readable text) of a fetched page; trafilatura for HTML, the text itself otherwise."""
     if page.content_type in fetch.HTML_TYPES:
-        import trafilatura  # imported here: it is large, and only page reading needs it
+        # Imported here: they are large, and only page reading needs them.
+        import lxml.html
+        import trafilatura
 
+        large = len(page.body) > FAST_EXTRACTION_BYTES
         document = trafilatura.bare_extraction(
-            page.body, url=page.url, with_metadata=True, include_tables=True, include_links=False
+            page.body, url=page.url, fast=large, with_metadata=not large, include_tables=True, include_links=False
         )
         if document is None or not (document.text or "").strip():
             raise ToolError(_("The page has no readable text (it may need JavaScript, or be mostly images)."))
-        return (document.title or "").strip(), document.text.strip()
+        title = document.title or ""
+        if not title:
+            try:
+                title = lxml.html.fromstring(page.body).findtext(".//title") or ""
+            except (ValueError, lxml.etree.ParserError):
+                title = ""
+        return " ".join(title.split()), document.text.strip()
     text = page.body.decode(page.charset or "utf-8", errors="replace").strip()
     if not text:
         raise ToolError(_("The page is empty."))

@@ -75,10 +75,13 @@ class GuardedResolver(AbstractResolver):
         self.allow_private = allow_private
         self.refused: str | None = None
 
+    async def _lookup(self, host: str, port: int, family: socket.AddressFamily) -> list[ResolveResult]:
+        return await self._inner.resolve(host, port, family)
+
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        results = await self._lookup(host, port, family)
         if not self.allow_private and any(not address_allowed(result["host"]) for result in results):
             self.refused = host
             raise OSError(f"{host} resolves to an address tools may not reach")
@@ -139,14 +142,14 @@ async def page_fetch(
                         url = url.join(URL(response.headers["Location"]))
                         continue
                     return await _read(response, url, max_bytes)
+            except TimeoutError as exc:  # before OSError, which it is a kind of
+                raise ToolError(_("%(host)s did not answer in time.") % {"host": url.host}) from exc
             except (aiohttp.ClientConnectorError, OSError) as exc:
                 if resolver.refused:
                     raise _refusal(resolver.refused) from exc
                 if isinstance(exc, aiohttp.ClientConnectorDNSError):
                     raise ToolError(_("The address %(host)s could not be found.") % {"host": url.host}) from exc
                 raise ToolError(_("Jarvis could not connect to %(host)s.") % {"host": url.host}) from exc
-            except TimeoutError as exc:
-                raise ToolError(_("%(host)s did not answer in time.") % {"host": url.host}) from exc
             except aiohttp.ClientError as exc:
                 raise ToolError(_("Reading %(host)s failed: the connection broke.") % {"host": url.host}) from exc
     raise ToolError(_("%(url)s redirects too many times.") % {"url": address[:200]})
