@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,3 +108,36 @@ def sources_of(calls: Sequence[ToolCall], text: str) -> list[dict[str, Any]]:
                 seen.add(url)
                 found.append(Source(url=url, title=source.get("title", "")).as_dict())
     return found
+
+
+def tool_call_label(call: ToolCall) -> str:
+    """The finished step's label, as the status line said it while it ran ("Searched the web: …")."""
+    from botapp.tools.registry import builtin_tools
+
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = {}
+    arguments = arguments if isinstance(arguments, dict) else {}
+    builtin = builtin_tools().get(call.tool_name)
+    if builtin is not None:
+        return builtin.label(arguments, True)
+    server, separator, remote = call.tool_name.partition("__")
+    if separator:
+        return _("Used %(server)s: %(tool)s") % {"server": server, "tool": remote}
+    return call.tool_name
+
+
+def tool_call_steps(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """An answer's calls as the web page shows them: one collapsible step each."""
+    return [
+        {
+            "id": call.pk,
+            "label": tool_call_label(call),
+            "status": call.status,
+            "duration_ms": call.duration_ms,
+            "error": call.error,
+            "sources": [s for s in call.sources or () if str(s.get("url", "")).startswith(("http://", "https://"))],
+        }
+        for call in calls
+    ]
