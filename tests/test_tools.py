@@ -527,16 +527,20 @@ async def test_later_turns_carry_the_calls_and_results(fake_openai, fake_web, se
     assert f"{fake_web.url}/article?n=2" in third[3]["content"] and third[4]["content"] == "Three results."
 
 
-async def test_history_tool_calls_that_do_not_fit_leave_only_the_answer_text(fake_openai, fake_web, settings):
-    """A small budget keeps the earlier answer's text but drops its long tool results."""
-    settings.TOOLS_ALLOW_PRIVATE_URLS = True
-    conversation = await conversation_with_tools(*BUILTINS)
-    fake_openai.enqueue(Behaviour(tool_calls=[read(f"{fake_web.url}/big")]), Behaviour(text="A dull page."))
-    await conversation_reply(conversation=conversation, text="Read the big page")
+async def test_history_tool_calls_that_do_not_fit_leave_only_the_answer_text(fake_openai, test_tool, settings):
+    """A small budget keeps the earlier answer's text but drops its long tool result."""
+
+    async def long_text(arguments, context):
+        return ToolResult(text=" ".join(f"word{n}" for n in range(3000)))
+
+    name = await sync_to_async(test_tool)("long_text", long_text)
+    conversation = await conversation_with_tools(name)
+    fake_openai.enqueue(Behaviour(tool_calls=[{"name": name, "arguments": {}}]), Behaviour(text="A long text."))
+    await conversation_reply(conversation=conversation, text="Fetch the long text")
     settings.CONTEXT_TOKEN_BUDGET = 1500
     await conversation_reply(conversation=conversation, text="What was it about?")
     last = fake_openai.chat_requests()[-1].body["messages"]
-    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"] and last[2]["content"] == "A dull page."
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"] and last[2]["content"] == "A long text."
 
 
 async def test_the_ledger_equals_the_fakes_usage_over_every_round(fake_openai, fake_web, settings):

@@ -13,14 +13,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 from django.utils.translation import gettext as _
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from botapp.tools.registry import ToolError, ToolResult
+
+if TYPE_CHECKING:
+    from mcp import Client
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class ServerAddress:
 
 @asynccontextmanager
 async def _connected(server: ServerAddress, timeout: float) -> AsyncIterator[Client]:
+    # Imported here: the SDK takes seconds to import, and most processes never talk to an MCP server.
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
     # The callers' own deadline (asyncio.timeout) is the one that fires; these only bound what it would miss.
     timeout += 5
     async with (
