@@ -578,6 +578,7 @@ class _Answering:
             bot_id=self.turn.conversation.bot_id,
             time_zone=context.time_zone,
             allow_private_urls=settings.TOOLS_ALLOW_PRIVATE_URLS,
+            round_number=self.round,
         )
         assert context.toolbox is not None
         try:

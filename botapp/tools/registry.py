@@ -47,6 +47,8 @@ class ToolContext:
     bot_id: int | None
     time_zone: str
     allow_private_urls: bool
+    # The answer's model call round that asked (UsageRecord.round of a row the tool bills to the answer).
+    round_number: int = 1
 
 
 @dataclass(frozen=True)
