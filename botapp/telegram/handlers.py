@@ -11,6 +11,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.utils import translation
@@ -225,15 +226,31 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
     )
     async with stream:
         try:
-            answer = await turn_answer(turn, on_delta=stream.on_delta)
+            answer = await turn_answer(turn, on_delta=stream.on_delta, on_tool=stream.on_tool)
         except ReplyError as error:
             partial = getattr(error, "partial", "")
             text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
             ids = await stream.finish(text)
         else:
-            ids = await stream.finish(answer.text or _("(The model sent an empty answer. Try /retry.)"))
+            text = answer.text or _("(The model sent an empty answer. Try /retry.)")
+            ids = await stream.finish(with_sources(text, answer.sources))
     if ids != remembered:
         await database_retry(services.message_reply_ids_store, message_id=reply_id, telegram_ids=ids)
+
+
+def with_sources(text: str, sources: list[dict[str, str]]) -> str:
+    """The answer with the pages it used linked under it, those its text does not link already."""
+    missing = [source for source in sources if source["url"] not in text]
+    if not missing:
+        return text
+
+    def link(source: dict[str, str]) -> str:
+        title = (source.get("title") or urlsplit(source["url"]).hostname or source["url"])[:60]
+        title = title.replace("[", "(").replace("]", ")")
+        return f"[{title}]({source['url'].replace('(', '%28').replace(')', '%29')})"
+
+    links = " · ".join(link(source) for source in missing)
+    return f"{text}\n\n" + _("Sources: %(links)s") % {"links": links}
 
 
 async def _resume_stored(
