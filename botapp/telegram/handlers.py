@@ -62,6 +62,7 @@ from botapp.telegram.delivery import (
     telegram_call,
 )
 from botapp.telegram.formatting import render_parts
+from botapp.tools.drawing import answer_pictures, drew_pictures
 from botapp.usage import price_in_force
 
 logger = logging.getLogger(__name__)
@@ -234,6 +235,10 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
         else:
             text = answer.text or _("(The model sent an empty answer. Try /retry.)")
             ids = await stream.finish(with_sources(text, answer.sources))
+            if drew_pictures(answer.tool_calls):
+                for picture in await sync_to_async(answer_pictures)(reply_id):
+                    sent = await _send_stored_picture(bot, picture, chat_id=chat_id, reply_to=reply_to)
+                    ids.append(sent.message_id)
     if ids != remembered:
         await database_retry(services.message_reply_ids_store, message_id=reply_id, telegram_ids=ids)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Modules whose import registers built-in tools. A new capability adds its module here.
-BUILTIN_MODULES = ["botapp.tools.builtins"]
+BUILTIN_MODULES = ["botapp.tools.builtins", "botapp.tools.drawing"]
 
 
 class ToolError(Exception):

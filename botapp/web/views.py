@@ -67,6 +67,7 @@ from botapp.models import (
     TelegramIdentity,
     UsageKind,
 )
+from botapp.tools.drawing import answer_pictures, drew_pictures
 from botapp.tools.records import sources_of, tool_call_steps
 from botapp.tools.runner import ToolEvent
 from botapp.usage import budget_periods
@@ -263,7 +264,10 @@ async def _answer_events(turn: Turn) -> AsyncIterator[bytes]:
             elif not isinstance(item, StreamEnd):
                 yield _event("delta", text=item)
             elif item.reply is not None:
-                yield _done_event(item.reply)
+                pictures = []
+                if drew_pictures(item.reply.tool_calls):
+                    pictures = await sync_to_async(answer_pictures)(item.reply.message.pk)
+                yield _done_event(item.reply, pictures)
             else:
                 partial = getattr(item.error, "partial", "")
                 yield _event("error", message=str(item.error), html=str(markdown_to_html(partial)) if partial else "")
@@ -283,7 +287,7 @@ def _tool_event(event: ToolEvent) -> bytes:
     )
 
 
-def _done_event(reply: Reply) -> bytes:
+def _done_event(reply: Reply, pictures: list[MediaFile]) -> bytes:
     cost = reply.cost_usd
     tokens = {"input_tokens": reply.message.input_tokens, "output_tokens": reply.message.output_tokens}
     return _event(
@@ -293,6 +297,7 @@ def _done_event(reply: Reply) -> bytes:
         cost_usd=str(cost) if cost is not None else None,
         meta=answer_meta(cost_usd=cost, **tokens),
         sources=reply.sources,
+        pictures=[picture_payload(picture) for picture in pictures],
         **tokens,
     )
 

@@ -146,6 +146,9 @@
             if (window.JarvisTools) {
               window.JarvisTools.sources(answer, event.sources, text.msgSources);
             }
+            if (window.JarvisMedia && event.pictures && event.pictures.length) {
+              window.JarvisMedia.pictures(answer, event.pictures);
+            }
             note(answer, event.meta, "meta");
             finished = true;
           } else if (event.type === "error") {
