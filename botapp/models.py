@@ -336,9 +336,19 @@ class UsageRecordQuerySet(models.QuerySet):
     def update(self, **kwargs: object) -> int:
         raise TypeError("The usage ledger is append-only.")
 
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError("The usage ledger is append-only: usage records are never deleted.")
+
+    def _raw_delete(self, using: str) -> int:
+        raise TypeError("The usage ledger is append-only: usage records are never deleted.")
+
 
 class UsageRecord(models.Model):
-    """One row of the append-only ledger: a model call, its tokens, the prices used and its cost."""
+    """One row of the append-only ledger: a model call, its tokens, the prices used and its cost.
+
+    Rows never leave. Every relation is SET_NULL, so deleting a person, conversation, message, bot or price
+    (retention included) only unlinks the rows it touched; their tokens, prices and cost stay.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records"
