@@ -8,3 +8,13 @@ class BotappConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "botapp"
     verbose_name = _("Jarvis")
+
+    def ready(self) -> None:
+        from django.db.models.signals import pre_save
+        from django_q.models import Failure, Success, Task
+
+        from botapp.redaction import task_record_redact
+
+        # Senders are exact classes: the proxies are connected too, for a record saved through one of them.
+        for model in (Task, Success, Failure):
+            pre_save.connect(task_record_redact, sender=model, dispatch_uid=f"jarvis-redact-{model.__name__}")

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from botapp import crypto
+from botapp.redaction import stored_text_redact
 
 # Costs keep 12 decimal places: a token count times a 6-decimal price per million is exact.
 USD = {"max_digits": 24, "decimal_places": 12}
@@ -241,6 +242,20 @@ class MessageStatus(models.TextChoices):
     SUPERSEDED = "superseded", _("Replaced by a retry")
 
 
+class MessageQuerySet(models.QuerySet):
+    """Error texts are masked (tokens, keys) however a message is written: update and bulk_create too."""
+
+    def update(self, **kwargs: object) -> int:
+        if kwargs.get("error"):
+            kwargs["error"] = stored_text_redact(kwargs["error"])
+        return super().update(**kwargs)
+
+    def bulk_create(self, objs: list[Message], *args: object, **kwargs: object) -> list[Message]:
+        for obj in objs:
+            obj.error = stored_text_redact(obj.error)
+        return super().bulk_create(objs, *args, **kwargs)
+
+
 class Message(models.Model):
     """A message in a conversation; an answer is created `pending` when its question arrives."""
 
@@ -271,6 +286,8 @@ class Message(models.Model):
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("time"), default=timezone.now)
 
+    objects = MessageQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("message")
         verbose_name_plural = _("messages")
@@ -283,6 +300,10 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.error = stored_text_redact(self.error)
+        super().save(*args, **kwargs)
 
 
 class ModelPrice(models.Model):

@@ -1,4 +1,4 @@
-"""Admin privileges: actions need the permission they use, only superusers grant power, the ledger stays, CSV is text."""
+"""Admin privileges: actions need their permission, only superusers grant power, the ledger stays, CSV is text."""
 
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ def test_deleting_people_conversations_bots_and_prices_keeps_the_ledger(db, sett
 def test_ledger_csv_writes_formula_like_cells_as_text(staff_client) -> None:
     """Cells starting with = + - @ tab or CR get a leading quote; numbers stay numbers."""
     hostile = {
-        "username": "=HYPERLINK(\"http://evil.example\",\"click\")",
+        "username": '=HYPERLINK("http://evil.example","click")',
         "bot": "+cmd|' /C calc'!A0",
         "model": "@SUM(1+1)*cmd|' /C calc'!A0",
     }

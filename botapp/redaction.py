@@ -1,0 +1,57 @@
+"""Secrets kept out of what Jarvis stores: message errors and django-q2's task records, masked like the logs.
+
+python-telegram-bot's `InvalidToken` quotes the whole token, a proxy's error page may quote the request URL
+(which holds the token), and a provider may echo the API key: any error text can carry a secret. Each
+storage path masks it in one place before the row is written: `Message` (its save, and its queryset's
+update and bulk_create) and django-q2's `Task` (a pre_save receiver, since django-q2 writes task results
+itself, in `django_q.monitor.save_task`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+
+from botapp import crypto
+from botapp.logging import configured_secrets, redact
+
+
+def known_secrets() -> list[str]:
+    """Every secret Jarvis holds: the settings' key and token, and each bot's token (decrypted)."""
+    secrets = configured_secrets()
+    bot_model = apps.get_model("botapp", "Bot")
+    for encrypted in bot_model.objects.exclude(token_encrypted="").values_list("token_encrypted", flat=True):
+        try:
+            secrets.append(crypto.decrypt(encrypted))
+        except ValueError:
+            # Encrypted with an old key: unreadable here, so it cannot be quoted in an error either.
+            continue
+    return secrets
+
+
+def stored_text_redact(text: str) -> str:
+    """`text` as it may be stored: known secrets and anything shaped like a token or key masked."""
+    if not text:
+        return text
+    return redact(text, secrets=known_secrets())
+
+
+def _redact_value(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets=secrets)
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(item, secrets) for item in value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item, secrets) for key, item in value.items()}
+    return value
+
+
+def task_record_redact(sender: type, instance: Any, **kwargs: Any) -> None:
+    """pre_save of django-q2's Task (Success and Failure are proxies of it): mask its result and arguments.
+
+    A failed task's result is the exception text and traceback, so a rejected token would be stored whole.
+    """
+    secrets = known_secrets()
+    for field in ("result", "args", "kwargs"):
+        setattr(instance, field, _redact_value(getattr(instance, field), secrets))

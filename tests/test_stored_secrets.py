@@ -1,0 +1,210 @@
+"""No secret is stored: a rejected bot token or echoed API key never reaches the database or an admin page."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.apps import apps
+from django.contrib import admin
+from django.contrib.sessions.models import Session
+from django.db import connection
+from django.test import Client, RequestFactory
+from django.urls import NoReverseMatch, reverse
+from django_q.models import Failure, OrmQ, Task
+from django_q.tasks import async_task
+
+from botapp.conversations import ReplyFailed, conversation_reply
+from botapp.logging import redact
+from botapp.models import Bot, Channel, Message, MessageStatus
+from tests.admin_support import (  # noqa: F401  (fixtures)
+    admin_telegram_server_fixture,
+    fake_telegram_fixture,
+    fast_passwords_fixture,
+)
+from tests.asgi_server import database_url_for_tests
+from tests.factories import BotFactory, ConversationFactory, UserFactory
+from tests.fakes.openai_server import Behaviour
+from tests.fakes.telegram_server import FakeTelegram
+
+ROOT = Path(__file__).resolve().parent.parent
+# Telegram does not know this one: getMe answers 401 and python-telegram-bot's InvalidToken quotes it whole.
+REJECTED = "987654321:AAHrejectedTokenTelegramNeverIssued_x1"
+# Telegram knows this one, but a proxy in front of it answers 502 with the request's URL in the description.
+PROXIED = "876543210:AAFproxiedTokenEchoedByAGatewayPage-z9"
+# An OpenAI-compatible provider's key that does not look like OpenAI's "sk-...".
+PROVIDER_KEY = "tgp_v1_0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c"
+
+
+def secret_parts() -> list[str]:
+    """What must never be found: each token's secret half (its bot id is public) and the provider key."""
+    return [REJECTED.split(":")[1], PROXIED.split(":")[1], PROVIDER_KEY]
+
+
+def _texts(value: object) -> Iterator[str]:
+    """`value` as text, plus what base64 in it decodes to (pickled and signed fields are stored that way)."""
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    text = str(value)
+    yield text
+    for word in text.replace(":", " ").replace(".", " ").split():
+        try:
+            yield base64.b64decode(word + "=" * (-len(word) % 4), validate=False).decode("latin-1")
+        except (binascii.Error, ValueError):
+            continue
+
+
+def database_findings(secrets: list[str]) -> list[str]:
+    """Every place in the database that holds one of `secrets`: raw columns of every table, then decoded fields."""
+    found = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names(cursor):
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
+            columns = [column[0] for column in cursor.description]
+            for row in cursor.fetchall():
+                for column, value in zip(columns, row, strict=True):
+                    if any(secret in text for text in _texts(value) for secret in secrets):
+                        found.append(f"{table}.{column}")
+    for model in apps.get_models():
+        for obj in model._base_manager.all():
+            for field in model._meta.concrete_fields:
+                value = str(field.value_from_object(obj))
+                if any(secret in value for secret in secrets):
+                    found.append(f"{model._meta.label}.{field.name} #{obj.pk}")
+    for queued in OrmQ.objects.all():
+        if any(secret in str(queued.task) for secret in secrets):
+            found.append(f"OrmQ #{queued.pk} payload")
+    for session in Session.objects.all():
+        if any(secret in str(session.get_decoded()) for secret in secrets):
+            found.append(f"session {session.pk}")
+    return found
+
+
+def admin_page_findings(client: Client, user: object, secrets: list[str]) -> list[str]:
+    """Every admin page `user` (a superuser) can open, lists and each object's page, that shows one of `secrets`."""
+    request = RequestFactory().get(reverse("admin:index"))
+    request.user = user
+    found = []
+    urls = [reverse("admin:index"), reverse("admin:botapp_usage_dashboard")]
+    for model, model_admin in admin.site._registry.items():
+        info = (model._meta.app_label, model._meta.model_name)
+        urls.append(reverse("admin:{}_{}_changelist".format(*info)))
+        for obj in model_admin.get_queryset(request)[:20]:
+            try:
+                urls.append(reverse("admin:{}_{}_change".format(*info), args=[obj.pk]))
+            except NoReverseMatch:
+                continue
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        if any(secret in response.content.decode() for secret in secrets):
+            found.append(url)
+    return found
+
+
+def wait_until(predicate: Callable[[], object], *, process: subprocess.Popen, timeout: float = 60) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process.poll() is not None:
+            raise AssertionError(f"qcluster exited early:\n{process.stdout.read()}")
+        time.sleep(0.2)
+    raise AssertionError("the worker did not store the task in time")
+
+
+@pytest.fixture
+def cluster(fake_telegram: FakeTelegram) -> Iterator[subprocess.Popen]:
+    """A real `manage.py qcluster` on the test database, sending to the fake Bot API."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_tests(),
+        "REDIS_URL": "",
+        "Q_WORKERS": "1",
+        "TELEGRAM_API_BASE_URL": fake_telegram.root_url,
+        "ADMIN_TELEGRAM_IDS": "4242",
+        "LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    for secret in secret_parts():
+        assert secret not in output, "the worker's log shows a secret"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("fast_passwords")
+def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
+    cluster, fake_telegram, fake_openai, settings
+) -> None:
+    """A failed report job (InvalidToken, then a 502 quoting the URL), a token check and a model error that
+    echo secrets: every text column of every table and every admin page hold them masked, never whole."""
+    fake_telegram.add_bot(PROXIED, username="proxied_bot")
+    rejected = BotFactory(name="default", token=REJECTED)
+    proxied = BotFactory(name="relay", token=PROXIED)
+
+    first = async_task("botapp.tasks.spend_report_send", task_name="report-rejected")
+    wait_until(lambda: Failure.objects.filter(id=first).exists(), process=cluster)
+    assert "was rejected by the server" in Failure.objects.get(id=first).result
+
+    Bot.objects.filter(pk=rejected.pk).update(enabled=False)
+    fake_telegram.fail_next(
+        "getMe", status=502, token=PROXIED, times=10,
+        description=f"Bad Gateway: upstream https://api.telegram.org/bot{PROXIED}/getMe timed out",
+    )  # fmt: skip
+    second = async_task("botapp.tasks.spend_report_send", task_name="report-proxied")
+    wait_until(lambda: Failure.objects.filter(id=second).exists(), process=cluster)
+    assert f"bot{PROXIED.split(':')[0]}:***/getMe" in Failure.objects.get(id=second).result
+
+    boss = UserFactory(username="boss", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(boss)
+    checked = client.post(
+        reverse("admin:botapp_bot_changelist"),
+        {"action": "check_token", "_selected_action": [rejected.pk, proxied.pk]},
+        follow=True,
+    )
+    assert "Telegram rejected the token" in checked.content.decode()
+
+    settings.OPENAI_API_KEY = PROVIDER_KEY
+    fake_openai.enqueue(
+        Behaviour(status=400, error_message=f"Bad header Authorization: Bearer {PROVIDER_KEY}; bot {PROXIED}")
+    )
+    conversation = ConversationFactory(user=boss, channel=Channel.TELEGRAM, bot=proxied)
+    with pytest.raises(ReplyFailed, match="rejected the request"):
+        async_to_sync(conversation_reply)(conversation=conversation, text="hello")
+    answer = Message.objects.filter(conversation=conversation, status=MessageStatus.FAILED).last()
+    assert "Bearer ***" in answer.error
+    assert PROXIED.split(":")[0] + ":***" in answer.error
+
+    assert Task.objects.count() == 2
+    assert database_findings(secret_parts()) == []
+    assert admin_page_findings(client, boss, secret_parts()) == []
+
+
+def test_redact_masks_known_secrets_and_anything_shaped_like_one() -> None:
+    """Token-shaped text, URL-encoded tokens and OpenAI keys are masked; so is an exact secret of any shape."""
+    text = f"bot{REJECTED}/getMe bot{REJECTED.replace(':', '%3A')} sk-abcdefgh12345 key={PROVIDER_KEY} ok"
+    cleaned = redact(text, secrets=[PROVIDER_KEY, "short"])
+    assert cleaned == "bot987654321:***/getMe bot987654321%3A*** sk-*** key=*** ok"
+    assert redact("a short secret", secrets=["short"]) == "a short secret", "secrets under 8 characters are left"
