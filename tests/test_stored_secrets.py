@@ -23,9 +23,10 @@ from django.urls import NoReverseMatch, reverse
 from django_q.models import Failure, OrmQ, Task
 from django_q.tasks import async_task
 
+from botapp.broadcast import broadcast_create
 from botapp.conversations import ReplyFailed, conversation_reply
 from botapp.logging import redact
-from botapp.models import Bot, Channel, Message, MessageStatus
+from botapp.models import Bot, BotUser, Broadcast, Channel, Message, MessageStatus, TelegramIdentity
 from tests.admin_support import (  # noqa: F401  (fixtures)
     admin_telegram_server_fixture,
     fake_telegram_fixture,
@@ -157,8 +158,8 @@ def cluster(fake_telegram: FakeTelegram) -> Iterator[subprocess.Popen]:
 def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
     cluster, fake_telegram, fake_openai, settings
 ) -> None:
-    """A failed report job (InvalidToken, then a 502 quoting the URL), a token check and a model error that
-    echo secrets: every text column of every table and every admin page hold them masked, never whole."""
+    """Failed report jobs and broadcasts (InvalidToken, then a 502 quoting the URL), a token check and a model
+    error that echo secrets: every text column of every table and every admin page hold them masked."""
     fake_telegram.add_bot(PROXIED, username="proxied_bot")
     rejected = BotFactory(name="default", token=REJECTED)
     proxied = BotFactory(name="relay", token=PROXIED)
@@ -175,6 +176,16 @@ def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
     second = async_task("botapp.tasks.spend_report_send", task_name="report-proxied")
     wait_until(lambda: Failure.objects.filter(id=second).exists(), process=cluster)
     assert f"bot{PROXIED.split(':')[0]}:***/getMe" in Failure.objects.get(id=second).result
+
+    fan = TelegramIdentity.objects.create(user=UserFactory(username="fan"), telegram_id=4243)
+    broadcasts = []
+    for bot in (rejected, proxied):
+        BotUser.objects.create(bot=bot, identity=fan)
+        broadcasts.append(broadcast_create(bot=bot, text="News", created_by=None).pk)
+    wait_until(
+        lambda: Broadcast.objects.filter(pk__in=broadcasts, state=Broadcast.State.FAILED).count() == 2, process=cluster
+    )
+    wait_until(lambda: Task.objects.filter(name__startswith="broadcast-").count() == 2, process=cluster)
 
     boss = UserFactory(username="boss", is_staff=True, is_superuser=True)
     client = Client()
@@ -197,7 +208,7 @@ def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
     assert "Bearer ***" in answer.error
     assert PROXIED.split(":")[0] + ":***" in answer.error
 
-    assert Task.objects.count() == 2
+    assert Task.objects.count() == 4
     assert database_findings(secret_parts()) == []
     assert admin_page_findings(client, boss, secret_parts()) == []
 
