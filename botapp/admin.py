@@ -236,6 +236,17 @@ class TelegramIdentityAdmin(LargeTableAdmin):
     raw_id_fields = ["user"]
     search_fields = ["username", "=telegram_id"]
 
+    def has_change_permission(self, request: HttpRequest, obj: TelegramIdentity | None = None) -> bool:
+        # A superuser's Telegram account is part of them: only a superuser moves or edits it.
+        if obj is not None and obj.user.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: TelegramIdentity | None = None) -> bool:
+        if obj is not None and obj.user.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
 
 # --- Bots ---------------------------------------------------------------------------------------
 

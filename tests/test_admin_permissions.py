@@ -235,6 +235,13 @@ def test_staff_cannot_edit_block_or_delete_a_superuser(boss) -> None:
     assert not Profile.objects.filter(user=boss, is_blocked=True).exists()
     assert User.objects.filter(pk=boss.pk).exists()
 
+    identity = TelegramIdentity.objects.create(user=boss, telegram_id=1001, username="boss_tg")
+    mover = staff_with("botapp.view_telegramidentity", "botapp.change_telegramidentity", username="mover")
+    url = reverse("admin:botapp_telegramidentity_change", args=[identity.pk])
+    assert mover.post(url, {"telegram_id": 1001, "username": "boss_tg", "user": mover.user.pk}).status_code == 403
+    identity.refresh_from_db()
+    assert identity.user == boss
+
 
 def test_a_superuser_still_grants_superuser_status(staff_client) -> None:
     """The restriction is for staff only: a superuser edits is_superuser and groups of others as before."""
