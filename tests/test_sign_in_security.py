@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,28 +15,19 @@ import httpx
 import pytest
 from django.test import Client
 from django.urls import reverse
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from botapp.models import Channel, Profile, UsageKind
 from botapp.usage import usage_record_create
 from botapp.web.views import CONTENT_SECURITY_POLICY
 from tests.admin_support import fast_passwords_fixture  # noqa: F401  (fixture)
 from tests.asgi_server import AsgiServer
+from tests.browser_support import browser_fixture  # noqa: F401  (fixture)
 from tests.factories import ConversationFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
 LIMIT = 5  # LOGIN_FAILURE_LIMIT's default
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -153,27 +143,10 @@ def test_https_variables_become_djangos_settings() -> None:
     assert json.loads(off.stdout) == [False, False, False, 0, False, False, None]
 
 
-class HttpsAsgiServer(AsgiServer):
-    """The app as deployed behind an HTTPS proxy: plain requests are redirected, so readiness accepts a 301."""
-
-    def _wait_until_up(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with code {self.process.returncode} before serving.")
-            try:
-                with httpx.Client(timeout=2) as http:
-                    if http.get(f"{self.url}/accounts/login/").status_code == 301:
-                        return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("uvicorn did not start serving within 30 seconds.")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_behind_an_https_proxy_plain_http_is_redirected_and_https_is_strict(openai_server) -> None:
     """Under uvicorn: http is sent to https; a request the proxy marks https gets HSTS and Secure cookies."""
-    with HttpsAsgiServer(openai_base_url=openai_server.base_url, extra_env=HTTPS_ENV) as server:
+    with AsgiServer(openai_base_url=openai_server.base_url, extra_env=HTTPS_ENV, ready_status=301) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             plain = http.get("/accounts/login/")
             secure = http.get("/accounts/login/", headers={"X-Forwarded-Proto": "https"})
@@ -214,23 +187,6 @@ def test_every_admin_page_sends_the_policy_and_holds_no_inline_script_or_style(c
         assert " style=" not in html, url
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), url
     assert "Content-Security-Policy" in client.get("/").headers, "the chat page keeps its own"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Playwright's sync API keeps an event loop on this thread; the tests' ORM calls are not async code.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,10 +28,10 @@ from tests.admin_support import (  # noqa: F401  (fixtures)
     fake_telegram_fixture,
     fast_passwords_fixture,
 )
-from tests.asgi_server import database_url_for_tests
 from tests.factories import BotFactory, ConversationFactory, UserFactory
-from tests.fakes.openai_server import Behaviour
+from tests.fakes.openai_server import Behaviour, FakeOpenAI
 from tests.fakes.telegram_server import FakeTelegram
+from tests.test_qcluster import start_cluster, stop_cluster, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # Telegram does not know this one: getMe answers 401 and python-telegram-bot's InvalidToken quotes it whole.
@@ -114,41 +110,19 @@ def admin_page_findings(client: Client, user: object, secrets: list[str]) -> lis
     return found
 
 
-def wait_until(predicate: Callable[[], object], *, process: subprocess.Popen, timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if process.poll() is not None:
-            raise AssertionError(f"qcluster exited early:\n{process.stdout.read()}")
-        time.sleep(0.2)
-    raise AssertionError("the worker did not store the task in time")
-
-
 @pytest.fixture
-def cluster(fake_telegram: FakeTelegram) -> Iterator[subprocess.Popen]:
+def cluster(fake_telegram: FakeTelegram, fake_openai: FakeOpenAI) -> Iterator[subprocess.Popen]:
     """A real `manage.py qcluster` on the test database, sending to the fake Bot API."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_tests(),
-        "REDIS_URL": "",
-        "Q_WORKERS": "1",
-        "TELEGRAM_API_BASE_URL": fake_telegram.root_url,
-        "ADMIN_TELEGRAM_IDS": "4242",
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    process = start_cluster(
+        openai=fake_openai,
+        extra_env={
+            "TELEGRAM_API_BASE_URL": fake_telegram.root_url,
+            "ADMIN_TELEGRAM_IDS": "4242",
+            "LOG_LEVEL": "WARNING",
+        },
+    )
     yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
+    output = stop_cluster(process)
     for secret in secret_parts():
         assert secret not in output, "the worker's log shows a secret"
 
@@ -165,7 +139,7 @@ def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
     proxied = BotFactory(name="relay", token=PROXIED)
 
     first = async_task("botapp.tasks.spend_report_send", task_name="report-rejected")
-    wait_until(lambda: Failure.objects.filter(id=first).exists(), process=cluster)
+    wait_until(lambda: Failure.objects.filter(id=first).exists(), timeout=60, process=cluster)
     assert "was rejected by the server" in Failure.objects.get(id=first).result
 
     Bot.objects.filter(pk=rejected.pk).update(enabled=False)
@@ -174,7 +148,7 @@ def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
         description=f"Bad Gateway: upstream https://api.telegram.org/bot{PROXIED}/getMe timed out",
     )  # fmt: skip
     second = async_task("botapp.tasks.spend_report_send", task_name="report-proxied")
-    wait_until(lambda: Failure.objects.filter(id=second).exists(), process=cluster)
+    wait_until(lambda: Failure.objects.filter(id=second).exists(), timeout=60, process=cluster)
     assert f"bot{PROXIED.split(':')[0]}:***/getMe" in Failure.objects.get(id=second).result
 
     fan = TelegramIdentity.objects.create(user=UserFactory(username="fan"), telegram_id=4243)
@@ -183,9 +157,11 @@ def test_rejected_tokens_and_echoed_keys_never_reach_the_database_or_the_admin(
         BotUser.objects.create(bot=bot, identity=fan)
         broadcasts.append(broadcast_create(bot=bot, text="News", created_by=None).pk)
     wait_until(
-        lambda: Broadcast.objects.filter(pk__in=broadcasts, state=Broadcast.State.FAILED).count() == 2, process=cluster
+        lambda: Broadcast.objects.filter(pk__in=broadcasts, state=Broadcast.State.FAILED).count() == 2,
+        timeout=60,
+        process=cluster,
     )
-    wait_until(lambda: Task.objects.filter(name__startswith="broadcast-").count() == 2, process=cluster)
+    wait_until(lambda: Task.objects.filter(name__startswith="broadcast-").count() == 2, timeout=60, process=cluster)
 
     boss = UserFactory(username="boss", is_staff=True, is_superuser=True)
     client = Client()
