@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.conf import settings
@@ -250,7 +251,8 @@ class MessageQuerySet(models.QuerySet):
             kwargs["error"] = stored_text_redact(kwargs["error"])
         return super().update(**kwargs)
 
-    def bulk_create(self, objs: list[Message], *args: object, **kwargs: object) -> list[Message]:
+    def bulk_create(self, objs: Iterable[Message], *args: object, **kwargs: object) -> list[Message]:
+        objs = list(objs)
         for obj in objs:
             obj.error = stored_text_redact(obj.error)
         return super().bulk_create(objs, *args, **kwargs)

@@ -195,3 +195,19 @@ def test_redact_masks_known_secrets_and_anything_shaped_like_one() -> None:
     cleaned = redact(text, secrets=[PROVIDER_KEY, "short"])
     assert cleaned == "bot987654321:***/getMe bot987654321%3A*** sk-*** key=*** ok"
     assert redact("a short secret", secrets=["short"]) == "a short secret", "secrets under 8 characters are left"
+
+
+@pytest.mark.django_db
+def test_every_way_of_writing_a_message_error_masks_a_known_bot_token() -> None:
+    """save, queryset update and bulk_create all store a bot's token (even one of an odd shape) masked."""
+    odd = "424242:short-but-real"
+    BotFactory(name="odd", token=odd)
+    conversation = ConversationFactory()
+    message = Message(conversation=conversation, role="assistant", error=f"saved {odd}")
+    message.save()
+    (bulk,) = Message.objects.bulk_create(
+        Message(conversation=conversation, role="assistant", error=f"bulk {odd}") for _ in range(1)
+    )
+    assert Message.objects.get(pk=bulk.pk).error == "bulk 424242:***"
+    Message.objects.filter(pk=bulk.pk).update(error=f"updated {odd}")
+    assert sorted(Message.objects.values_list("error", flat=True)) == ["saved 424242:***", "updated 424242:***"]
