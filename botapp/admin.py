@@ -7,7 +7,8 @@ from functools import cached_property
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename, get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -227,6 +228,19 @@ class JarvisUserAdmin(UserAdmin):
     def unblock(self, request: HttpRequest, queryset: QuerySet) -> None:
         changed = profiles_set_blocked(users=self._changeable(request, queryset), blocked=False)
         self.message_user(request, ngettext("%d person unblocked.", "%d people unblocked.", changed) % changed)
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class JarvisGroupAdmin(GroupAdmin):
+    def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> list[str]:
+        # What a group grants is granted to its members: staff could otherwise promote their own group.
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser and "permissions" not in fields:
+            fields.append("permissions")
+        return fields
 
 
 @admin.register(TelegramIdentity)

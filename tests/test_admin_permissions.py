@@ -215,6 +215,20 @@ def test_staff_who_may_change_users_cannot_make_themselves_superuser(boss) -> No
     assert sorted(clerk.user.user_permissions.values_list("codename", flat=True)) == ["change_user", "view_user"]
 
 
+def test_staff_who_may_change_groups_cannot_widen_what_a_group_grants(boss) -> None:
+    """A group's permissions are read-only to staff, so no one promotes their own group; renaming still works."""
+    clerk = staff_with("auth.view_group", "auth.change_group")
+    clerks = Group.objects.create(name="clerks")
+    clerk.user.groups.add(clerks)
+    url = reverse("admin:auth_group_change", args=[clerks.pk])
+    form = form_of(clerk.get(url).content.decode())
+    assert "permissions" not in form
+    form.update(name=["desk"], permissions=[str(pk) for pk in Permission.objects.values_list("pk", flat=True)])
+    assert clerk.post(url, form).status_code == 302
+    clerks.refresh_from_db()
+    assert (clerks.name, clerks.permissions.count()) == ("desk", 0)
+
+
 def test_staff_cannot_edit_block_or_delete_a_superuser(boss) -> None:
     """A superuser's page is read-only to other staff: no save, no password change, no block, no delete."""
     clerk = staff_with("auth.view_user", "auth.change_user", "auth.delete_user")
