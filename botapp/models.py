@@ -304,7 +304,9 @@ class Message(models.Model):
         return f"{self.role}: {self.content[:60]}"
 
     def save(self, *args: object, **kwargs: object) -> None:
-        self.error = stored_text_redact(self.error)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "error" in update_fields:
+            self.error = stored_text_redact(self.error)
         super().save(*args, **kwargs)
 
 

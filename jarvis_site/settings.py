@@ -119,7 +119,7 @@ LOGOUT_REDIRECT_URL = "login"
 # django-axes first: it refuses a locked-out sign-in before any password is checked.
 AUTHENTICATION_BACKENDS = ["botapp.web.security.SignInThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
 
-# --- Sign-in throttling (django-axes), on the site's and the admin's login page ---------------------
+# --- Sign-in throttling (django-axes), on the site's and the admin's login page -----------------
 
 # After this many failed sign-ins for one username from one address, that pair is locked out for a while;
 # the attempts are listed in the admin (Axes > Access attempts), where deleting a row unlocks it.
@@ -131,7 +131,7 @@ AXES_LOCKOUT_CALLABLE = "botapp.web.security.login_locked_out"
 # The address is REMOTE_ADDR only (no django-ipware): uvicorn sets it from X-Forwarded-For when the request
 # comes from a proxy in FORWARDED_ALLOW_IPS, and a header read here could be forged by anyone.
 
-# --- HTTPS (behind a TLS-terminating proxy) -------------------------------------------------------
+# --- HTTPS (behind a TLS-terminating proxy) -----------------------------------------------------
 
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)

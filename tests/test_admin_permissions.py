@@ -273,7 +273,7 @@ def test_a_superuser_still_grants_superuser_status(staff_client) -> None:
     assert list(clerk.groups.all()) == [admins]
 
 
-# --- The ledger is append-only, deletes included -----------------------------------------------
+# --- The ledger is append-only, deletes included ------------------------------------------------
 
 
 def charge(conversation: Conversation, message: Message | None = None, cost_tokens: int = 1000) -> UsageRecord:

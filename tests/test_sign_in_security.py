@@ -157,7 +157,7 @@ def test_behind_an_https_proxy_plain_http_is_redirected_and_https_is_strict(open
     assert "Secure" in secure.headers["Set-Cookie"]
 
 
-# --- The admin's Content-Security-Policy ---------------------------------------------------------
+# --- The admin's Content-Security-Policy --------------------------------------------------------
 
 
 @pytest.mark.django_db
