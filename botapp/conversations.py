@@ -8,6 +8,7 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -24,6 +25,7 @@ from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
 from botapp import llm
+from botapp.database import database_retry, is_unavailable
 from botapp.models import (
     Bot,
     Channel,
@@ -37,6 +39,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.storable import storable_text
 from botapp.usage import budget_refusal, price_in_force, profile_for, usage_record_create
 
 logger = logging.getLogger(__name__)
@@ -85,10 +88,18 @@ class Reply:
 
 
 def validate_text(text: str, *, has_attachments: bool = False) -> str:
-    """The text to store, or ReplyRefused with a sentence when there is nothing usable."""
-    if not (text or "").strip() and not has_attachments:
+    """The text to store (NUL and broken characters removed), or ReplyRefused when there is nothing usable."""
+    text = storable_text(text or "")
+    if not text.strip() and not has_attachments:
         raise ReplyRefused(_("Your message is empty. Write something and send it again."))
-    return text or ""
+    return text
+
+
+def _tokens_of_question(text: str, *, model: str) -> int:
+    # A message over the limit is stored to be refused with a sentence; counting it could take long or fail.
+    if len(text) > settings.MAX_MESSAGE_CHARS:
+        return len(text) // 4
+    return llm.count_tokens(text, model=model)
 
 
 def turn_accept(
@@ -109,7 +120,7 @@ def turn_accept(
         sender=sender or conversation.user,
         content=text,
         attachments=list(attachments),
-        token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
+        token_count=_tokens_of_question(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
         telegram_message_id=telegram_message_id,
         created_at=now,
     )
@@ -293,9 +304,15 @@ LEASE_POLL_SECONDS = 0.05
 async def _lease_keep(conversation_id: int, token: str) -> None:
     while True:
         await asyncio.sleep(LEASE.total_seconds() / 3)
-        await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
-            answering_until=timezone.now() + LEASE
-        )
+        try:
+            await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
+                answering_until=timezone.now() + LEASE
+            )
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # The answer goes on; the lease is renewed on the next round, or runs out if the database stays away.
+            logger.warning("Could not renew the lease of conversation %s: the database is unavailable", conversation_id)
 
 
 def leases_release(*, bot: Bot) -> int:
@@ -335,7 +352,8 @@ def _lease_release_now(conversation_id: int, token: str) -> None:
 
 
 async def _lease_release(conversation_id: int, token: str) -> None:
-    await sync_to_async(_lease_release_now)(conversation_id, token)
+    # Tried until the lease would have run out anyway.
+    await database_retry(_lease_release_now, conversation_id, token, deadline=LEASE.total_seconds())
 
 
 def _refuse(turn: Turn, sentence: str) -> None:
@@ -387,6 +405,7 @@ def _store_answer(
             input_tokens=context.input_tokens, output_tokens=llm.count_tokens(text, model=model), model=model
         )
     reply = turn.reply
+    text = storable_text(text)
     reply.content = text
     reply.status = status
     reply.error = error
@@ -463,8 +482,11 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
                 if context is not None:
                     break
                 await asyncio.sleep(LEASE_POLL_SECONDS)
-        except asyncio.CancelledError:
-            # The database thread may take the lease after this task stops waiting; its queue runs in order.
+        except ReplyRefused:
+            raise
+        except BaseException:
+            # Cancelled, or the database failed after the lease was taken: the lease must not outlive this turn.
+            # (The database thread may take the lease after this task stops waiting; its queue runs in order.)
             await asyncio.shield(_lease_release(conversation_id, token))
             raise
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
@@ -477,28 +499,31 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
             async def store(**kwargs: Any) -> UsageRecord | None:
                 nonlocal stored
                 latency_ms = int((time.monotonic() - started) * 1000)
-                # Shielded: a second cancellation must not lose what was already spent.
+                # Shielded: a second cancellation must not lose what was already spent. Retried while the
+                # database is away: the person may have seen the answer, so it is stored and billed once it is back.
                 record = await asyncio.shield(
-                    sync_to_async(_store_answer)(
-                        turn, context=context, latency_ms=latency_ms, lease_token=token, **kwargs
+                    database_retry(
+                        _store_answer, turn, context=context, latency_ms=latency_ms, lease_token=token, **kwargs
                     )
                 )
                 stored = True
                 return record
 
+            stream = llm.chat_stream(
+                messages=context.messages,
+                model=context.model,
+                temperature=context.temperature,
+                max_tokens=context.max_output_tokens,
+            )
             try:
-                async for item in llm.chat_stream(
-                    messages=context.messages,
-                    model=context.model,
-                    temperature=context.temperature,
-                    max_tokens=context.max_output_tokens,
-                ):
-                    if isinstance(item, llm.Usage):
-                        usage = item
-                        continue
-                    parts.append(item)
-                    if on_delta is not None:
-                        await on_delta(item, "".join(parts))
+                async with aclosing(stream):
+                    async for item in stream:
+                        if isinstance(item, llm.Usage):
+                            usage = item
+                            continue
+                        parts.append(item)
+                        if on_delta is not None:
+                            await on_delta(item, "".join(parts))
             except asyncio.CancelledError:
                 text = "".join(parts)
                 logger.info("Answer in conversation %s stopped after %d characters", conversation_id, len(text))
@@ -510,6 +535,13 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
                 status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
                 await store(text=text, usage=usage, status=status, error=str(exc))
                 raise ReplyFailed(str(exc), partial=text) from exc
+            except Exception:
+                # Showing the answer failed (the chat, a callback): what the model wrote and cost is still kept.
+                text = "".join(parts)
+                logger.exception("Answer in conversation %s broke off after %d characters", conversation_id, len(text))
+                status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
+                await store(text=text, usage=usage, status=status, error=_("The answer could not be delivered."))
+                raise
             text = "".join(parts)
             record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
             return Reply(message=turn.reply, usage=record, text=text)

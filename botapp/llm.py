@@ -305,11 +305,21 @@ def _encoding(model: str) -> bpe_openai.Encoding:
     return bpe_openai.get_encoding(name)
 
 
+# The tokenizer refuses very long input; longer text is counted in slices (a token or two off at each cut).
+COUNT_SLICE_CHARS = 200_000
+
+
 def count_tokens(text: str, *, model: str) -> int:
     """Tokens in `text` for `model`, counted locally."""
     if not text:
         return 0
-    return _count(text, model)
+    if len(text) <= COUNT_SLICE_CHARS:
+        return _count(text, model)
+    encoding = _encoding(model)
+    return sum(
+        len(encoding.encode(text[start : start + COUNT_SLICE_CHARS]))
+        for start in range(0, len(text), COUNT_SLICE_CHARS)
+    )
 
 
 @lru_cache(maxsize=256)

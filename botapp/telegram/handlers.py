@@ -41,6 +41,7 @@ from botapp.conversations import (
     turn_for_pending_reply,
     turn_retry,
 )
+from botapp.database import database_retry, is_unavailable
 from botapp.linking import CODE_LIFETIME, link_code_create
 from botapp.models import Channel, Conversation, Message, MessageStatus, Persona
 from botapp.telegram import selectors, services
@@ -186,7 +187,14 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
 
     async def remember(message_ids: list[int]) -> None:
         nonlocal remembered
-        await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
+        try:
+            await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Only a restart needs these ids; the answer goes on, and they are stored again at its end.
+            logger.warning("Could not remember the messages of answer %s: the database is unavailable", reply_id)
+            return
         remembered = list(message_ids)
 
     stream = AnswerStream(
@@ -207,7 +215,7 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
         else:
             ids = await stream.finish(answer.text or _("(The model sent an empty answer. Try /retry.)"))
     if ids != remembered:
-        await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=ids)
+        await database_retry(services.message_reply_ids_store, message_id=reply_id, telegram_ids=ids)
 
 
 async def _resume_stored(
@@ -620,6 +628,12 @@ async def error_handler(update: object, context: JarvisContext) -> None:
             bot_id=context.bot_data["bot_id"], telegram_id=update.effective_user.id
         )
         return
+    if is_unavailable(error) and isinstance(update, Update):
+        # The ordered processor (application.py) handles it again once the database is back.
+        database_failed = getattr(context.application.update_processor, "database_failed", None)
+        if database_failed is not None and database_failed(update.update_id):
+            logger.warning("Update %s could not be handled: the database is unavailable (%s)", update_id, error)
+            return
     logger.error("Update %s could not be handled", update_id, exc_info=error)
     if not isinstance(update, Update) or update.effective_message is None or update.inline_query is not None:
         return

@@ -26,6 +26,7 @@ from botapp.models import (
     TelegramIdentity,
 )
 from botapp.people import telegram_identity_sync
+from botapp.storable import storable_json
 from botapp.telegram.selectors import stored_question
 from botapp.usage import profile_for
 
@@ -175,10 +176,28 @@ def update_record(*, bot_id: int, update_id: int, payload: dict[str, Any]) -> bo
     """Write an update down before handling it; False when it was seen before (a redelivery)."""
     try:
         with transaction.atomic():
-            ProcessedUpdate.objects.create(bot_id=bot_id, update_id=update_id, payload=payload)
+            ProcessedUpdate.objects.create(bot_id=bot_id, update_id=update_id, payload=storable_json(payload))
     except IntegrityError:
         return False
     return True
+
+
+def updates_record(*, bot_id: int, updates: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
+    """Write a batch of polled updates down; the ids of those seen for the first time (the rest are redeliveries)."""
+    ids = [update_id for update_id, _payload in updates]
+    with transaction.atomic():
+        known = set(
+            ProcessedUpdate.objects.filter(bot_id=bot_id, update_id__in=ids).values_list("update_id", flat=True)
+        )
+        ProcessedUpdate.objects.bulk_create(
+            [
+                ProcessedUpdate(bot_id=bot_id, update_id=update_id, payload=storable_json(payload))
+                for update_id, payload in updates
+                if update_id not in known
+            ],
+            ignore_conflicts=True,
+        )
+    return [update_id for update_id in ids if update_id not in known]
 
 
 def update_mark_done(*, bot_id: int, update_id: int) -> None:
