@@ -12,15 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.db.models import Model
 
 from botapp import crypto
 from botapp.logging import configured_secrets, redact
 
 
-def known_secrets() -> list[str]:
-    """Every secret Jarvis holds: the settings' key and token, and each bot's token (decrypted)."""
+def known_secrets(*, bot_model: type[Model] | None = None) -> list[str]:
+    """Every secret Jarvis holds: the settings' key and token, and each bot's token (decrypted).
+
+    `bot_model` is the Bot model to read (a migration passes its historical one).
+    """
     secrets = configured_secrets()
-    bot_model = apps.get_model("botapp", "Bot")
+    bot_model = bot_model or apps.get_model("botapp", "Bot")
     for encrypted in bot_model.objects.exclude(token_encrypted="").values_list("token_encrypted", flat=True):
         try:
             secrets.append(crypto.decrypt(encrypted))
@@ -37,13 +41,14 @@ def stored_text_redact(text: str) -> str:
     return redact(text, secrets=known_secrets())
 
 
-def _redact_value(value: Any, secrets: list[str]) -> Any:
+def redact_value(value: Any, secrets: list[str]) -> Any:
+    """`value` with every string in it (also inside lists, tuples and dicts) redacted."""
     if isinstance(value, str):
         return redact(value, secrets=secrets)
     if isinstance(value, list | tuple):
-        return type(value)(_redact_value(item, secrets) for item in value)
+        return type(value)(redact_value(item, secrets) for item in value)
     if isinstance(value, dict):
-        return {key: _redact_value(item, secrets) for key, item in value.items()}
+        return {key: redact_value(item, secrets) for key, item in value.items()}
     return value
 
 
@@ -54,4 +59,4 @@ def task_record_redact(sender: type, instance: Any, **kwargs: Any) -> None:
     """
     secrets = known_secrets()
     for field in ("result", "args", "kwargs"):
-        setattr(instance, field, _redact_value(getattr(instance, field), secrets))
+        setattr(instance, field, redact_value(getattr(instance, field), secrets))

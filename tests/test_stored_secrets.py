@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from django.contrib.sessions.models import Session
 from django.db import connection
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django_q.models import Failure, OrmQ, Task
 from django_q.tasks import async_task
 
@@ -211,3 +213,26 @@ def test_every_way_of_writing_a_message_error_masks_a_known_bot_token() -> None:
     assert Message.objects.get(pk=bulk.pk).error == "bulk 424242:***"
     Message.objects.filter(pk=bulk.pk).update(error=f"updated {odd}")
     assert sorted(Message.objects.values_list("error", flat=True)) == ["saved 424242:***", "updated 424242:***"]
+
+
+@pytest.mark.django_db
+def test_the_upgrade_masks_secrets_stored_before_it() -> None:
+    """Migration 0008 masks a token already sitting in a failed task's traceback or a message's error."""
+    migration = importlib.import_module("botapp.migrations.0008_mask_stored_secrets")
+    BotFactory(name="old", token=PROXIED)
+    Task.objects.create(
+        id="b" * 32, name="old-failure", func="botapp.tasks.spend_report_send", started=timezone.now(),
+        stopped=timezone.now(), success=False, result="placeholder",
+    )  # fmt: skip
+    # Written as an older release did, past today's masking: straight to the table.
+    Task.objects.filter(pk="b" * 32).update(result=f"The token `{PROXIED}` was rejected by the server.")
+    conversation = ConversationFactory()
+    message = Message.objects.create(conversation=conversation, role="assistant")
+    Message._base_manager.filter(pk=message.pk).update(error=f"gateway said bot{PROXIED}/sendMessage")
+    assert database_findings(secret_parts()) != []
+
+    migration.mask_stored_secrets(apps, None)
+
+    assert database_findings(secret_parts()) == []
+    assert Task.objects.get(pk="b" * 32).result == "The token `876543210:***` was rejected by the server."
+    assert Message.objects.get(pk=message.pk).error == "gateway said bot876543210:***/sendMessage"
