@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from axes.models import AccessAttempt
 from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Browser, Page, expect
@@ -75,6 +76,9 @@ def test_wrong_passwords_lock_out_that_username_from_that_address(asgi_server, p
     attempts = client.get(reverse("admin:axes_accessattempt_changelist")).content.decode()
     assert "ada" in attempts
     assert "127.0.0.1" in attempts
+    (attempt,) = AccessAttempt.objects.filter(username="ada")
+    assert attempt.failures_since_start >= LIMIT
+    assert "wrong-" not in attempt.post_data, "a mistyped password is not kept"
 
 
 @pytest.mark.django_db
