@@ -29,13 +29,23 @@ def redact(text: str, *, secrets: Iterable[str] = ()) -> str:
     return _OPENAI_KEY.sub("sk-***", text)
 
 
+# Settings that hold a secret which an error text could quote.
+SECRET_SETTINGS = (
+    "OPENAI_API_KEY",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "SECRET_KEY",
+    "FIELD_ENCRYPTION_KEY",
+)
+
+
 def configured_secrets() -> list[str]:
-    """The secrets in the settings (no database needed): the provider's key and the env bot token."""
+    """The secrets in the settings (no database needed): the provider's key, the env bot token, Django's keys."""
     from django.conf import settings
 
     if not settings.configured:
         return []
-    return [getattr(settings, "OPENAI_API_KEY", ""), getattr(settings, "TELEGRAM_BOT_TOKEN", "")]
+    return [getattr(settings, name, "") for name in SECRET_SETTINGS]
 
 
 class RedactSecretsFilter(logging.Filter):
