@@ -37,6 +37,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.selectors import persona_default
 from botapp.usage import budget_refusal, price_in_force, profile_for, usage_record_create
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,24 @@ def turn_accept(
 ) -> Turn:
     """Store the user's message and a pending answer in one transaction, before anything can fail."""
     text = validate_text(text, has_attachments=bool(attachments))
+    with transaction.atomic():
+        return _turn_store(
+            conversation=conversation,
+            text=text,
+            sender=sender,
+            attachments=attachments,
+            telegram_message_id=telegram_message_id,
+        )
+
+
+def _turn_store(
+    *,
+    conversation: Conversation,
+    text: str,
+    sender: AbstractBaseUser | None,
+    attachments: Sequence[dict[str, Any]] = (),
+    telegram_message_id: int | None = None,
+) -> Turn:
     model = conversation.effective_model
     now = timezone.now()
     user_message = Message(
@@ -116,10 +135,9 @@ def turn_accept(
     reply = Message(
         conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
     )
-    with transaction.atomic():
-        # One INSERT for both, question first: the answer's id follows its question's.
-        Message.objects.bulk_create([user_message, reply])
-        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    # One INSERT for both, question first: the answer's id follows its question's.
+    Message.objects.bulk_create([user_message, reply])
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     return Turn(conversation=conversation, user_message=user_message, reply=reply)
 
 
@@ -144,6 +162,28 @@ def turn_retry(*, conversation: Conversation) -> Turn:
     return Turn(conversation=conversation, user_message=last_user, reply=reply)
 
 
+def turn_edit(
+    *, conversation: Conversation, message_id: int, text: str, sender: AbstractBaseUser | None = None
+) -> Turn:
+    """Ask again in other words: the question `message_id` and everything after it leave the conversation
+    (kept on record as superseded), and the new wording is stored as a new turn to answer.
+    """
+    text = validate_text(text)
+    with transaction.atomic():
+        answering = Conversation.objects.filter(pk=conversation.pk, answering_until__gt=timezone.now()).exists()
+        if answering:
+            raise ReplyRefused(_("Jarvis is still answering in this conversation. Stop the answer, then edit."))
+        question = (
+            conversation.messages.filter(pk=message_id, role=Role.USER).exclude(status=MessageStatus.SUPERSEDED).first()
+        )
+        if question is None:
+            raise ReplyRefused(_("That message is no longer in this conversation. Reload the page to see it as it is."))
+        conversation.messages.filter(id__gte=question.id).exclude(status=MessageStatus.SUPERSEDED).update(
+            status=MessageStatus.SUPERSEDED
+        )
+        return _turn_store(conversation=conversation, text=text, sender=sender, attachments=question.attachments)
+
+
 def turn_for_pending_reply(reply: Message) -> Turn:
     """Rebuild the turn of an answer left pending (for example by a crash), to answer it now."""
     conversation = Conversation.objects.select_related("persona", "bot", "user").get(pk=reply.conversation_id)
@@ -158,7 +198,7 @@ def turn_for_pending_reply(reply: Message) -> Turn:
 
 def _persona(conversation: Conversation) -> Persona | None:
     if conversation.persona_id is None:
-        return Persona.objects.filter(name="Jarvis").first()
+        return persona_default()
     return conversation.persona
 
 
@@ -225,6 +265,10 @@ def context_build(turn: Turn) -> Context:
             {"role": "system", "content": _("Summary of the earlier conversation:") + "\n" + conversation.summary}
         )
     price = price_in_force(model=model)
+    if conversation.model and not (price is not None and price.offered):
+        # The person's choice is no longer offered (an admin withdrew it): the persona's model answers.
+        model = (persona.model if persona else "") or settings.OPENAI_MODEL
+        price = price_in_force(model=model)
     budget = context_budget(model=model, max_output_tokens=max_output, price=price)
     used = llm.count_message_tokens(head, model=model)
     rows = (
@@ -592,9 +636,7 @@ def conversation_start(
 ) -> Conversation:
     """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept)."""
     if persona is None:
-        persona = bot.default_persona if bot is not None and bot.default_persona_id else None
-    if persona is None:
-        persona = Persona.objects.filter(name="Jarvis").first()
+        persona = persona_default(bot=bot)
     with transaction.atomic():
         if telegram_chat_id is not None:
             Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(

@@ -112,6 +112,20 @@ async def jarvis(telegram: FakeTelegram, fake_openai: FakeOpenAI) -> AsyncIterat
         await stop_application(application)
 
 
+@pytest.fixture
+async def jarvis_without_drafts(settings, fake_openai: FakeOpenAI) -> AsyncIterator[Running]:
+    """Jarvis against a Bot API server from before sendMessageDraft (its own fake, so nothing else learns that)."""
+    with FakeTelegram(tokens=[TOKEN], drafts=False) as server:
+        server.add_bot(TOKEN, username=USERNAME)
+        settings.TELEGRAM_API_BASE_URL = server.root_url
+        bot = await sync_to_async(BotFactory)(name="old-server", token=TOKEN)
+        application = await start_application(bot)
+        try:
+            yield Running(bot=bot, application=application, telegram=server, openai=fake_openai)
+        finally:
+            await stop_application(application)
+
+
 def subprocess_env(*, telegram: FakeTelegram, openai: FakeOpenAI, **extra: str) -> dict[str, str]:
     """Environment for `manage.py runbot` as a subprocess, pointed at the test database and the fakes."""
     database = django_settings.DATABASES["default"]

@@ -1,23 +1,16 @@
-"""Writes behind the browser page's conversation controls: rename, change persona, delete."""
+"""Writes behind the browser page's conversation controls: rename and delete."""
 
 from __future__ import annotations
 
 from django.db import transaction
 
-from botapp.models import Conversation, Persona
+from botapp.models import Conversation
 
 
 def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
     """Give the conversation a title (cut to the field's length); an empty one falls back to the first question."""
     conversation.title = title.strip()[: Conversation._meta.get_field("title").max_length]
     conversation.save(update_fields=["title"])
-    return conversation
-
-
-def conversation_persona_change(*, conversation: Conversation, persona: Persona) -> Conversation:
-    """Later answers use `persona`; what was already said stays as it was."""
-    conversation.persona = persona
-    conversation.save(update_fields=["persona"])
     return conversation
 
 
