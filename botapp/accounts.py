@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -14,6 +14,9 @@ from django.utils.translation import gettext as _
 from botapp.crypto import one_time_token, token_digest
 from botapp.models import Invitation, Profile
 from botapp.site import site_url
+
+# How long an invitation works unless the admin sets another date.
+INVITATION_LIFETIME = timedelta(days=7)
 
 
 class AccountError(Exception):

@@ -6,6 +6,13 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def disable_demo_bots(apps, schema_editor):
+    """Bots made by seed_demo have made-up tokens: a real run must not try to start them."""
+    apps.get_model("botapp", "Bot").objects.filter(name__startswith="Demo bot ", telegram_username__startswith="demo_").update(
+        enabled=False
+    )
+
+
 def mark_jarvis_default(apps, schema_editor):
     """The seeded "Jarvis" persona becomes the site's default persona, unless one is already marked."""
     persona = apps.get_model("botapp", "Persona")
@@ -92,4 +99,5 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='sign_in_links', to='botapp.telegramidentity'),
         ),
         migrations.RunPython(mark_jarvis_default, migrations.RunPython.noop),
+        migrations.RunPython(disable_demo_bots, migrations.RunPython.noop),
     ]
