@@ -69,7 +69,7 @@ async def test_answer_streams_as_a_native_draft_in_a_private_chat(jarvis: Runnin
     assert "editMessageText" not in methods
     assert methods.index("sendChatAction") < methods.index("sendMessageDraft") < methods.index("sendMessage")
     writes = [c.time for c in calls if c.method in ("sendMessageDraft", "sendMessage")]
-    assert min(b - a for a, b in itertools.pairwise(writes)) >= 0.45
+    assert min(b - a for a, b in itertools.pairwise(writes)) >= 0.9
     reply = await Message.objects.aget(role=Role.ASSISTANT)
     assert reply.telegram_reply_ids == [answer.message_id]
 
@@ -78,7 +78,7 @@ async def test_a_long_draft_becomes_messages_part_by_part(jarvis: Running):
     """An answer over 4096 characters: each part is sent as a message once complete, the next one drafted."""
     paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 20 for i in range(16)]
     text = "\n\n".join(paragraphs)
-    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=400, chunk_delay=0.15))
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=400, chunk_delay=0.25))
     jarvis.telegram.push_text(TOKEN, 512, "Write a lot")
     answers = await jarvis.answered(512, 2, timeout=30)
     assert len(answers) >= 2 and all(a.edits == 0 and len(a.text) <= 4096 for a in answers)

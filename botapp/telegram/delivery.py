@@ -29,8 +29,9 @@ T = TypeVar("T")
 # Telegram allows about one message a second per chat, and about twenty a minute in a group.
 EDIT_INTERVAL_PRIVATE = 1.0
 EDIT_INTERVAL_GROUP = 3.0
-# A draft is no message: Telegram animates its changes, and they may come more often than edits.
-DRAFT_INTERVAL = 0.5
+# Telegram animates a draft from one text to the next, so once a second reads as smoothly as more often would,
+# for no more Bot API calls than the edits it replaces (bench/telegram_calls.py: twice a second nearly doubled them).
+DRAFT_INTERVAL = 1.0
 # A "typing…" action shows for five seconds; renew it a little before it fades.
 TYPING_INTERVAL = 4.0
 # An answer ready sooner than this needs no "typing…": nobody could see it before the answer replaced it.
