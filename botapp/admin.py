@@ -308,8 +308,9 @@ class BotAdmin(admin.ModelAdmin):
             "bots": list(queryset),
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
             "action": "send_broadcast",
+            "back": "admin:botapp_bot_changelist",
         }
-        return TemplateResponse(request, "admin/botapp/bot/broadcast.html", context)
+        return TemplateResponse(request, "admin/botapp/broadcast/add.html", context)
 
 
 class BroadcastCreateForm(BroadcastForm):
@@ -366,6 +367,7 @@ class BroadcastAdmin(ReadOnlyAdmin):
             "title": _("Send a broadcast"),
             "opts": self.model._meta,
             "form": form,
+            "back": "admin:botapp_broadcast_changelist",
         }
         return TemplateResponse(request, "admin/botapp/broadcast/add.html", context)
 

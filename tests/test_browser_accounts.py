@@ -43,7 +43,7 @@ def test_the_link_from_web_signs_a_telegram_person_in_once(browser, asgi_server,
     page.goto(url)
     expect(page.locator("h1")).to_have_text("通过 Telegram 登录" if screen.chinese else "Sign in from Telegram")
     expect(page.locator(".card")).to_contain_text("@ada_tg")
-    page.screenshot(path=screenshot_path(tmp_path, f"telegram-sign-in-{screen.name}.png"))
+    page.screenshot(path=screenshot_path(tmp_path, f"telegram-sign-in-{screen.name}.png"), scale="css")
     page.click("button[value=sign_in]")
     expect(page.locator("#conversation-list")).to_contain_text("From my phone")
     expect(page.locator(".flash")).to_contain_text("Ada")
@@ -86,7 +86,7 @@ def test_an_invitation_link_makes_an_account(browser, asgi_server, screen):
 
 @pytest.mark.parametrize("screen", OTHER_PAIRS)
 def test_a_forgotten_password_is_reset_through_email(browser, live_server, mailoutbox, screen):
-    """"Forgot your password?" sends a one-time link (Django's email backend, locmem here); it sets a new password
+    """ "Forgot your password?" sends a one-time link (Django's email backend, locmem here); it sets a new password
     that signs in."""
     UserFactory(username=f"grace-{screen.name}", email=f"grace-{screen.name}@example.com")
     page = open_context(browser, screen).new_page()

@@ -107,7 +107,7 @@ def test_first_message_from_the_home_page_starts_a_conversation_with_the_default
     expect(page.locator("#id_text")).to_have_value("")
     expect(page.locator("#id_persona option:checked")).to_have_text("Jarvis")
     expect(page.locator("#empty-hint h2")).to_have_text("我能帮您做什么？" if screen.chinese else "How can I help?")
-    page.screenshot(path=screenshot_path(tmp_path, f"home-{screen.name}.png"))
+    page.screenshot(path=screenshot_path(tmp_path, f"home-{screen.name}.png"), scale="css")
 
     page.keyboard.type("**Plan** my `trip` to [Kyoto](https://kyoto.example), please")
     page.keyboard.press("Enter")
@@ -168,7 +168,7 @@ def test_the_streaming_answer_stays_in_view_and_renders_markdown_as_it_comes(
         eventually(lambda count=count: newest.count() >= count)
         eventually(lambda: following_the_answer(page))
         if count == 8:
-            page.screenshot(path=screenshot_path(tmp_path, f"streaming-{screen.name}.png"))
+            page.screenshot(path=screenshot_path(tmp_path, f"streaming-{screen.name}.png"), scale="css")
     meta = page.locator("#messages > li:last-child.status-complete .meta")
     expect(meta).to_be_visible()
     eventually(lambda: following_the_answer(page) and box(page, ".msg-assistant:last-child .meta")["top"] >= 0)
@@ -190,7 +190,7 @@ def test_the_streaming_answer_stays_in_view_and_renders_markdown_as_it_comes(
 
 
 @pytest.mark.parametrize("screen", OTHER_PAIRS)
-def test_code_is_highlighted_and_code_and_answers_can_be_copied(browser, asgi_server, fake_openai, screen):
+def test_code_is_highlighted_and_code_and_answers_can_be_copied(browser, asgi_server, fake_openai, screen, tmp_path):
     """Code blocks are highlighted on the server and get a copy button; each answer copies as its Markdown."""
     person = UserFactory(username=f"copy-{screen.name}")
     answer = "Like this:\n\n```python\ndef greet(name):\n    return f'Hello {name}'\n```\n\nThen call **greet**."
@@ -205,6 +205,7 @@ def test_code_is_highlighted_and_code_and_answers_can_be_copied(browser, asgi_se
     # Pygments' colours apply: a keyword is not drawn in the text's colour.
     keyword = done.locator("pre span.k").first.evaluate("e => getComputedStyle(e).color")
     assert keyword != done.locator("p").first.evaluate("e => getComputedStyle(e).color")
+    page.screenshot(path=screenshot_path(tmp_path, f"code-{screen.name}.png"), scale="css")
 
     done.locator(".code-copy").click()
     expect(done.locator(".code-copy")).to_have_text("已复制" if screen.chinese else "Copied")
@@ -349,7 +350,7 @@ def test_dark_mode_follows_the_system_setting(browser, asgi_server, screen, tmp_
             page.locator(".msg-assistant pre span.kn").evaluate("e => getComputedStyle(e).color"),
         )
         if scheme == "dark":
-            page.screenshot(path=screenshot_path(tmp_path, f"dark-{screen.name}.png"))
+            page.screenshot(path=screenshot_path(tmp_path, f"dark-{screen.name}.png"), scale="css")
         page.context.close()
     assert backgrounds["dark"][0] == "rgb(21, 24, 30)" and backgrounds["dark"][1] == "rgb(30, 34, 42)"
     assert backgrounds["light"][0] == "rgb(246, 247, 249)" and backgrounds["light"][1] == "rgb(255, 255, 255)"
@@ -414,7 +415,7 @@ def test_sign_in_chat_stream_stop_reload_usage_and_isolation(page, asgi_server, 
     expect(history.locator(".msg-assistant.status-complete strong")).to_have_text("the plan")
     expect(history.locator(".msg-assistant.status-incomplete .msg-note")).to_contain_text("Incomplete answer")
     expect(page.locator(".conversation-list .current")).to_contain_text("What is the plan?")
-    page.screenshot(path=screenshot_path(tmp_path, "desktop-conversation.png"))
+    page.screenshot(path=screenshot_path(tmp_path, "desktop-conversation.png"), scale="css")
 
     page.click("nav >> text=Usage")
     total = UsageRecord.objects.filter(user=person).aggregate(total=Sum("cost_usd"))["total"]
@@ -507,7 +508,7 @@ def test_phone_screen_in_chinese(browser, asgi_server, fake_openai, tmp_path):
         " return new Set([...r.getClientRects()].map(rect => Math.round(rect.top))).size; })"
     )
     assert lines == [1, 1, 1, 1], lines
-    phone.screenshot(path=screenshot_path(tmp_path, "phone-conversation-zh.png"))
+    phone.screenshot(path=screenshot_path(tmp_path, "phone-conversation-zh.png"), scale="css")
 
     phone.goto(f"{asgi_server.url}/usage/")
     expect(phone.locator("h1")).to_have_text("您的用量")
@@ -529,5 +530,5 @@ def test_phone_screen_in_chinese(browser, asgi_server, fake_openai, tmp_path):
     expect(phone.locator(".budget").first).to_contain_text("$0.001")
     meter = phone.locator(".budget meter").first
     assert meter.evaluate("m => m.value >= m.high && m.optimum < m.low")
-    phone.screenshot(path=screenshot_path(tmp_path, "phone-usage-zh.png"), full_page=True)
+    phone.screenshot(path=screenshot_path(tmp_path, "phone-usage-zh.png"), full_page=True, scale="css")
     phone.context.close()

@@ -529,11 +529,18 @@ async def inline_caps(update: Update, context: JarvisContext) -> None:
     await update.inline_query.answer([result], cache_time=0)
 
 
+async def _in_private(update: Update, refusal: str) -> bool:
+    """True in a private chat; elsewhere the person reads `refusal` (links and codes are for them alone)."""
+    if update.effective_chat.type == ChatType.PRIVATE:
+        return True
+    await reply(update, refusal)
+    return False
+
+
 @jarvis_handler
 async def link(update: Update, context: JarvisContext) -> None:
     """Give a one-time code that joins this Telegram account to a web account."""
-    if update.effective_chat.type != ChatType.PRIVATE:
-        await reply(update, _("For your privacy, send /link to me in a private chat."))
+    if not await _in_private(update, _("For your privacy, send /link to me in a private chat.")):
         return
     code = await sync_to_async(link_code_create)(identity=context.contact.identity)
     await reply(
@@ -555,8 +562,7 @@ async def link(update: Update, context: JarvisContext) -> None:
 @jarvis_handler
 async def web(update: Update, context: JarvisContext) -> None:
     """Send a one-time link that signs this Telegram account in on the web page (an account made if needed)."""
-    if update.effective_chat.type != ChatType.PRIVATE:
-        await reply(update, _("For your privacy, send /web to me in a private chat."))
+    if not await _in_private(update, _("For your privacy, send /web to me in a private chat.")):
         return
     url = await sync_to_async(web_sign_in_link_create)(identity=context.contact.identity)
     message = update.effective_message

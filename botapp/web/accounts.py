@@ -28,6 +28,13 @@ def _sign_in(request: HttpRequest, user: AbstractBaseUser) -> None:
     login(request, user, backend=BACKEND)
 
 
+def _welcome(request: HttpRequest, user: AbstractBaseUser) -> HttpResponse:
+    """A new account is signed in and sent to its first conversation."""
+    _sign_in(request, user)
+    messages.success(request, _("Welcome to Jarvis, %(name)s.") % {"name": user.get_username()})
+    return redirect("web:home")
+
+
 @with_csp
 @require_http_methods(["GET", "POST"])
 def telegram_sign_in(request: HttpRequest, token: str) -> HttpResponse:
@@ -83,9 +90,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
             )
         except AccountError as exc:
             return render(request, "registration/signup.html", {"error": str(exc)}, status=410)
-        _sign_in(request, user)
-        messages.success(request, _("Welcome to Jarvis, %(name)s.") % {"name": user.get_username()})
-        return redirect("web:home")
+        return _welcome(request, user)
     return render(request, "registration/signup.html", {"form": form, "invited": True})
 
 
@@ -104,9 +109,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             email=form.cleaned_data["email"],
             password=form.cleaned_data["password1"],
         )
-        _sign_in(request, user)
-        messages.success(request, _("Welcome to Jarvis, %(name)s.") % {"name": user.get_username()})
-        return redirect("web:home")
+        return _welcome(request, user)
     return render(request, "registration/signup.html", {"form": form})
 
 
