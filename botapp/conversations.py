@@ -102,24 +102,6 @@ def turn_accept(
 ) -> Turn:
     """Store the user's message and a pending answer in one transaction, before anything can fail."""
     text = validate_text(text, has_attachments=bool(attachments))
-    with transaction.atomic():
-        return _turn_store(
-            conversation=conversation,
-            text=text,
-            sender=sender,
-            attachments=attachments,
-            telegram_message_id=telegram_message_id,
-        )
-
-
-def _turn_store(
-    *,
-    conversation: Conversation,
-    text: str,
-    sender: AbstractBaseUser | None,
-    attachments: Sequence[dict[str, Any]] = (),
-    telegram_message_id: int | None = None,
-) -> Turn:
     model = conversation.effective_model
     now = timezone.now()
     user_message = Message(
@@ -135,9 +117,10 @@ def _turn_store(
     reply = Message(
         conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
     )
-    # One INSERT for both, question first: the answer's id follows its question's.
-    Message.objects.bulk_create([user_message, reply])
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    with transaction.atomic():
+        # One INSERT for both, question first: the answer's id follows its question's.
+        Message.objects.bulk_create([user_message, reply])
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     return Turn(conversation=conversation, user_message=user_message, reply=reply)
 
 
@@ -181,7 +164,7 @@ def turn_edit(
         conversation.messages.filter(id__gte=question.id).exclude(status=MessageStatus.SUPERSEDED).update(
             status=MessageStatus.SUPERSEDED
         )
-        return _turn_store(conversation=conversation, text=text, sender=sender, attachments=question.attachments)
+        return turn_accept(conversation=conversation, text=text, sender=sender, attachments=question.attachments)
 
 
 def turn_for_pending_reply(reply: Message) -> Turn:

@@ -102,7 +102,8 @@ def web_sign_in_link_create(*, identity: TelegramIdentity) -> str:
 def _usable_link(token: str, *, lock: bool = False) -> WebSignInLink:
     links = WebSignInLink.objects.select_related("identity__user__jarvis_profile")
     if lock:
-        links = links.select_for_update()
+        # Only the link row is locked (the profile is an outer join, which PostgreSQL cannot lock).
+        links = links.select_for_update(of=("self",))
     link = links.filter(token_digest=token_digest(token), used_at__isnull=True).first()
     if link is None or link.expires_at < timezone.now():
         raise LinkError(_("This sign-in link has expired or was already used. Send /web to the bot for a new one."))

@@ -150,8 +150,8 @@ def test_the_streaming_answer_stays_in_view_and_renders_markdown_as_it_comes(
         Message.objects.create(conversation=conversation, role=Role.ASSISTANT, content="An earlier answer.\n" * 6)
     steps = "".join(f"{i}. Step **{i}** of the plan, with enough words to wrap on a phone.\n" for i in range(1, 41))
     fake_openai.enqueue(
-        Behaviour(text="## The plan\n\n" + steps, chunk_chars=12, chunk_delay=0.03),
-        Behaviour(text="## Again\n\n" + steps, chunk_chars=12, chunk_delay=0.03),
+        Behaviour(text="## The plan\n\n" + steps, chunk_chars=24, chunk_delay=0.03),
+        Behaviour(text="## Again\n\n" + steps, chunk_chars=24, chunk_delay=0.03),
     )
     page = open_page(browser, screen)
     sign_in(page, asgi_server, person.username)

@@ -80,7 +80,7 @@ async def test_answer_streams_as_events_and_is_stored_with_its_cost(fake_openai)
 async def test_the_answer_is_rendered_as_it_streams_with_the_same_sanitizer(fake_openai):
     """While the answer streams, `render` events carry the answer so far as sanitized HTML (Markdown, highlighted
     code), each a longer prefix of the answer; a script the model writes never becomes markup."""
-    text = "**Bold** start.\n\n```python\nx = '<script>alert(1)</script>'\n```\n\n" + "More words. " * 200
+    text = "**Bold** start.\n\n```python\nx = '<script>alert(1)</script>'\n```\n\n" + "More words. " * 100
     fake_openai.enqueue(Behaviour(text=text, chunk_chars=6, chunk_delay=0.02))
     conversation = await make_conversation()
     client = await signed_in_client(conversation.user)

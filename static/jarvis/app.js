@@ -433,7 +433,10 @@
     } finally {
       controller = null;
       setBusy(false);
-      textarea.focus();
+      // Ready for the next message; on a touch screen the keyboard is not pushed up again unasked.
+      if (!window.matchMedia("(pointer: coarse)").matches) {
+        textarea.focus();
+      }
     }
   }
 
