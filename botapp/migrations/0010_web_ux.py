@@ -8,9 +8,8 @@ from django.db import migrations, models
 
 def disable_demo_bots(apps, schema_editor):
     """Bots made by seed_demo have made-up tokens: a real run must not try to start them."""
-    apps.get_model("botapp", "Bot").objects.filter(name__startswith="Demo bot ", telegram_username__startswith="demo_").update(
-        enabled=False
-    )
+    bots = apps.get_model("botapp", "Bot").objects
+    bots.filter(name__startswith="Demo bot ", telegram_username__startswith="demo_").update(enabled=False)
 
 
 def mark_jarvis_default(apps, schema_editor):
