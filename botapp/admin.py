@@ -9,32 +9,38 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename, get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.formats import number_format
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext_lazy
 from django_q import admin as django_q_admin
 from django_q.models import Failure, Success
 
 from botapp import admin_views
+from botapp.accounts import INVITATION_LIFETIME, invitation_issue, invitation_state
 from botapp.broadcast import BroadcastError, broadcast_create
 from botapp.models import (
     Bot,
     BotUser,
     Broadcast,
     Conversation,
+    Invitation,
     MediaFile,
     Message,
     ModelImagePrice,
     ModelPrice,
     Persona,
     Profile,
+    Role,
     TelegramIdentity,
     UsageRecord,
 )
@@ -51,12 +57,18 @@ from botapp.staff import (
     conversations_export_markdown,
     profiles_set_blocked,
 )
+from botapp.usage import format_usd, profile_for
+from botapp.web.markdown import markdown_to_html
 
 User = get_user_model()
 
+admin.site.site_header = _("Jarvis administration")
+admin.site.site_title = _("Jarvis admin")
+admin.site.index_title = _("Jarvis: people, bots, conversations and costs")
+
 
 def money(value: object) -> str:
-    return f"${value:,.4f}" if value is not None else "-"
+    return format_usd(value) if value is not None else "-"
 
 
 # --- Large tables -------------------------------------------------------------------------------
@@ -114,7 +126,7 @@ class ProfileInline(admin.StackedInline):
     ]  # fmt: skip
     can_delete = False
     max_num = 1
-    verbose_name_plural = _("Access and budget")
+    verbose_name = verbose_name_plural = _("Access and budget")
 
 
 class TelegramIdentityInline(admin.StackedInline):
@@ -144,6 +156,7 @@ class JarvisUserAdmin(UserAdmin):
         "telegram_account",
         "is_staff",
         "blocked",
+        "budget",
         "month_messages",
         "month_tokens",
         "month_cost",
@@ -210,6 +223,27 @@ class JarvisUserAdmin(UserAdmin):
     def blocked(self, obj: User) -> bool:
         profile = getattr(obj, "jarvis_profile", None)
         return bool(profile and profile.is_blocked)
+
+    @admin.display(description=_("budget"))
+    def budget(self, obj: User) -> str:
+        profile = getattr(obj, "jarvis_profile", None)
+        if profile is not None and profile.unlimited_budget:
+            return _("unlimited")
+        daily = profile.daily_budget_usd if profile is not None else None
+        monthly = profile.monthly_budget_usd if profile is not None else None
+        parts = [
+            _("%(amount)s a day") % {"amount": format_usd(daily)} if daily is not None else "",
+            _("%(amount)s a month") % {"amount": format_usd(monthly)} if monthly is not None else "",
+        ]
+        return " · ".join(part for part in parts if part) or _("default")
+
+    def get_inlines(self, request: HttpRequest, obj: User | None) -> list:
+        # The add form only asks for a name and password; access and budget follow on the next page.
+        return self.inlines if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: User, form: forms.Form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        profile_for(obj)
 
     @admin.display(description=_("messages this month"), ordering="month_messages")
     def month_messages(self, obj: User) -> str:
@@ -357,8 +391,14 @@ class BotAdmin(admin.ModelAdmin):
             "bots": list(queryset),
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
             "action": "send_broadcast",
+            "back": "admin:botapp_bot_changelist",
         }
-        return TemplateResponse(request, "admin/botapp/bot/broadcast.html", context)
+        return TemplateResponse(request, "admin/botapp/broadcast/add.html", context)
+
+
+class BroadcastCreateForm(BroadcastForm):
+    bot = forms.ModelChoiceField(label=_("Bot"), queryset=Bot.objects.filter(enabled=True), empty_label=None)
+    field_order = ["bot", "text"]
 
 
 @admin.register(Broadcast)
@@ -382,6 +422,38 @@ class BroadcastAdmin(ReadOnlyAdmin):
     def short_text(self, obj: Broadcast) -> str:
         return Truncator(obj.text).chars(60)
 
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("botapp.add_broadcast")
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        """Write a broadcast and queue it (the same service as the bots' action)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = BroadcastCreateForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                broadcast = broadcast_create(
+                    bot=form.cleaned_data["bot"], text=form.cleaned_data["text"], created_by=request.user
+                )
+            except BroadcastError as exc:
+                form.add_error("text", str(exc))
+            else:
+                self.message_user(
+                    request,
+                    _("Broadcast %(id)s to the users of “%(bot)s” is queued; its progress is below.")
+                    % {"id": broadcast.pk, "bot": broadcast.bot},
+                    messages.SUCCESS,
+                )
+                return redirect("admin:botapp_broadcast_changelist")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Send a broadcast"),
+            "opts": self.model._meta,
+            "form": form,
+            "back": "admin:botapp_broadcast_changelist",
+        }
+        return TemplateResponse(request, "admin/botapp/broadcast/add.html", context)
+
 
 @admin.register(BotUser)
 class BotUserAdmin(ReadOnlyAdmin):
@@ -391,13 +463,53 @@ class BotUserAdmin(ReadOnlyAdmin):
     search_fields = ["identity__username", "=identity__telegram_id"]
 
 
+class InvitationForm(forms.ModelForm):
+    class Meta:
+        model = Invitation
+        fields = ["note", "email", "expires_at"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invite people by link: the link is shown once, when the invitation is made (only a digest is kept)."""
+
+    form = InvitationForm
+    list_display = ["__str__", "email", "state", "created_by", "created_at", "expires_at", "used_by"]
+    list_select_related = ["created_by", "used_by"]
+    search_fields = ["note", "email", "used_by__username"]
+    readonly_fields = ["created_by", "created_at", "used_at", "used_by"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict:
+        return {"expires_at": timezone.now() + INVITATION_LIFETIME}
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Invitation | None = None) -> list[str]:
+        # Once made, an invitation is what it is: only its reminder note may change.
+        return [*self.readonly_fields, "email", "expires_at"] if obj is not None else []
+
+    @admin.display(description=_("state"))
+    def state(self, obj: Invitation) -> str:
+        state = {"used": _("used"), "expired": _("expired"), "open": pgettext_lazy("invitation", "open")}
+        return state[invitation_state(obj)]
+
+    def save_model(self, request: HttpRequest, obj: Invitation, form: forms.Form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        url = invitation_issue(invitation=obj, created_by=request.user)
+        self.message_user(
+            request,
+            _("Send this link to the person you invite; it is shown only now and works once: %(url)s") % {"url": url},
+            messages.WARNING,
+        )
+
+
 # --- Personas and prices ------------------------------------------------------------------------
 
 
 @admin.register(Persona)
 class PersonaAdmin(admin.ModelAdmin):
-    list_display = ["name", "model", "temperature", "max_output_tokens", "is_active"]
-    list_filter = ["is_active"]
+    list_display = ["name", "model", "temperature", "max_output_tokens", "is_active", "is_default"]
+    list_filter = ["is_active", "is_default"]
     search_fields = ["name", "model"]
     filter_horizontal = ["tools"]
 
@@ -412,6 +524,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "audio_per_minute",
         "image_output_per_mtok",
         "per_mchars",
+        "offered",
         "valid_from",
     ]
     readonly_fields = ["picture_prices"]
@@ -483,6 +596,9 @@ class ConversationAdmin(LargeTableAdmin):
         extra_context = dict(extra_context or {})
         if conversation is not None:
             transcript = conversation_transcript(conversation=conversation)
+            for message in transcript:
+                if message.role == Role.ASSISTANT:
+                    message.html = markdown_to_html(message.content)
             extra_context.update(
                 transcript=transcript,
                 transcript_truncated=len(transcript) < conversation.message_count,

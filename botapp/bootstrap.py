@@ -12,6 +12,7 @@ from django.db import transaction
 
 from botapp import llm
 from botapp.models import Bot
+from botapp.site import site_url
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,12 @@ def settings_advice() -> list[str]:
             "TELEGRAM_BOT_TOKEN is not set and no bot is enabled: the Telegram bot is not started. "
             "To enable it, put the token from @BotFather in .env as TELEGRAM_BOT_TOKEN=... (or add a bot in "
             "the admin under Bots) and run ./jarvis up again."
+        )
+    elif not settings.SITE_URL:
+        advice.append(
+            "SITE_URL is not set: the sign-in links of /web and the page /link names point to this machine "
+            f"({site_url()}), which a phone cannot open. Put the address people reach the web page at in .env, "
+            "for example SITE_URL=https://jarvis.example.com."
         )
     if not settings.ADMIN_TELEGRAM_IDS:
         advice.append(

@@ -27,6 +27,7 @@ from botapp.models import (
     UsageKind,
     UsageRecord,
 )
+from botapp.selectors import persona_default
 from botapp.tools.records import tool_calls_interrupt, tool_calls_of
 from botapp.usage import price_in_force
 
@@ -50,9 +51,9 @@ class MessageTooLong(Exception):
 
 
 def persona_of(conversation: Conversation) -> Persona | None:
-    """The conversation's persona, or the default "Jarvis" persona when it has none."""
+    """The conversation's persona, or the site's default persona when it has none."""
     if conversation.persona_id is None:
-        return Persona.objects.filter(name="Jarvis").first()
+        return persona_default()
     return conversation.persona
 
 
@@ -156,6 +157,10 @@ def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool =
     with_tools = toolbox is not None
     head = context_head(conversation, persona, with_tools=with_tools)
     price = price_in_force(model=model)
+    if conversation.model and not (price is not None and price.offered):
+        # The person's choice is no longer offered (an admin withdrew it): the persona's model answers.
+        model = (persona.model if persona else "") or settings.OPENAI_MODEL
+        price = price_in_force(model=model)
     budget = context_budget(model=model, max_output_tokens=max_output, price=price)
     used = llm.count_message_tokens(head, model=model)
     rows = (

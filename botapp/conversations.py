@@ -48,6 +48,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.selectors import persona_default
 from botapp.storable import storable_text
 from botapp.tools import limits
 from botapp.tools.builtins import person_time_zone
@@ -183,6 +184,28 @@ def turn_retry(*, conversation: Conversation) -> Turn:
             model=conversation.effective_model,
         )
     return Turn(conversation=conversation, user_message=last_user, reply=reply)
+
+
+def turn_edit(
+    *, conversation: Conversation, message_id: int, text: str, sender: AbstractBaseUser | None = None
+) -> Turn:
+    """Ask again in other words: the question `message_id` and everything after it leave the conversation
+    (kept on record as superseded), and the new wording is stored as a new turn to answer.
+    """
+    text = validate_text(text)
+    with transaction.atomic():
+        answering = Conversation.objects.filter(pk=conversation.pk, answering_until__gt=timezone.now()).exists()
+        if answering:
+            raise ReplyRefused(_("Jarvis is still answering in this conversation. Stop the answer, then edit."))
+        question = (
+            conversation.messages.filter(pk=message_id, role=Role.USER).exclude(status=MessageStatus.SUPERSEDED).first()
+        )
+        if question is None:
+            raise ReplyRefused(_("That message is no longer in this conversation. Reload the page to see it as it is."))
+        conversation.messages.filter(id__gte=question.id).exclude(status=MessageStatus.SUPERSEDED).update(
+            status=MessageStatus.SUPERSEDED
+        )
+        return turn_accept(conversation=conversation, text=text, sender=sender, attachments=question.attachments)
 
 
 def turn_for_pending_reply(reply: Message) -> Turn:
@@ -787,9 +810,7 @@ def conversation_start(
 ) -> Conversation:
     """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept)."""
     if persona is None:
-        persona = bot.default_persona if bot is not None and bot.default_persona_id else None
-    if persona is None:
-        persona = Persona.objects.filter(name="Jarvis").first()
+        persona = persona_default(bot=bot)
     with transaction.atomic():
         if telegram_chat_id is not None:
             Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(

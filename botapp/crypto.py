@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import secrets
 from functools import cache
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -42,3 +43,13 @@ def mask(secret: str) -> str:
     if len(secret) <= 8:
         return "…" + secret[-2:]
     return f"{secret[:4]}…{secret[-4:]}"
+
+
+def one_time_token() -> str:
+    """A new secret for a one-time link: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What is stored of a one-time link's secret: its SHA-256, so a copy of the database signs nobody in."""
+    return hashlib.sha256(token.encode()).hexdigest()

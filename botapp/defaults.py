@@ -81,6 +81,10 @@ def seed_defaults(model_price: Any, persona: Any) -> None:
             "max_output_tokens": 1024,
         },
     )
+    # Historical models from before the default persona existed have no such field.
+    if any(field.name == "is_default" for field in persona._meta.get_fields()):
+        if not persona.objects.filter(is_default=True).exists():
+            persona.objects.filter(name="Jarvis").update(is_default=True)
 
 
 def seed_media_prices(model_price: Any, image_price: Any) -> None:

@@ -136,6 +136,8 @@ def _bots(tag: str, personas: list[Persona]) -> list[Bot]:
             default_persona=persona,
             telegram_username=f"demo_{tag}_{index + 1}_bot",
             access_policy=AccessPolicy.OPEN,
+            # Made-up tokens: `runbot` (and so `./jarvis up`) must never try to start these.
+            enabled=False,
         )
         bot.token = f"{900_000_000 + index}:DEMO-{secrets.token_urlsafe(24)}"
         bot.save()

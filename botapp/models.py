@@ -153,12 +153,20 @@ class Persona(models.Model):
         related_name="personas",
         help_text=_("What Jarvis may use when answering as this persona (web search, MCP tools, ...)."),
     )
+    is_default = models.BooleanField(
+        _("default"),
+        default=False,
+        help_text=_("New conversations start with this persona unless their bot has a default persona of its own."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         verbose_name = _("persona")
         verbose_name_plural = _("personas")
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default_persona")
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -236,7 +244,12 @@ class Conversation(models.Model):
     telegram_chat_id = models.BigIntegerField(_("Telegram chat id"), null=True, blank=True)
     title = models.CharField(_("title"), max_length=200, blank=True)
     persona = models.ForeignKey(Persona, on_delete=models.SET_NULL, null=True, blank=True)
-    model = models.CharField(_("model"), max_length=100, blank=True, help_text=_("Empty: the persona's model."))
+    model = models.CharField(
+        _("model"),
+        max_length=100,
+        blank=True,
+        help_text=_("Chosen among the models offered to people; empty, or no longer offered: the persona's model."),
+    )
     summary = models.TextField(_("summary"), blank=True, help_text=_("Older history, summarised."))
     summary_until_id = models.BigIntegerField(
         _("summary covers messages up to id"), null=True, blank=True, editable=False
@@ -292,7 +305,7 @@ class MessageStatus(models.TextChoices):
     COMPLETE = "complete", _("Complete")
     FAILED = "failed", _("Failed")
     INCOMPLETE = "incomplete", _("Incomplete")
-    SUPERSEDED = "superseded", _("Replaced by a retry")
+    SUPERSEDED = "superseded", _("Replaced by a retry or an edit")
 
 
 class MessageQuerySet(models.QuerySet):
@@ -414,6 +427,14 @@ class ModelPrice(models.Model):
     )
     context_window = models.PositiveIntegerField(_("context window (tokens)"), null=True, blank=True)
     supports_images = models.BooleanField(_("accepts images"), default=False)
+    offered = models.BooleanField(
+        _("offered to people"),
+        default=False,
+        help_text=_(
+            "People may choose this chat model for a conversation (on the web page and with /model in Telegram). "
+            "The row in force decides."
+        ),
+    )
     valid_from = models.DateTimeField(_("valid from"), default=timezone.now)
 
     class Meta:
@@ -668,6 +689,57 @@ class TelegramLinkCode(models.Model):
 
     def __str__(self) -> str:
         return f"link code for {self.identity}"
+
+
+class WebSignInLink(models.Model):
+    """A one-time link from /web in Telegram that signs its Telegram identity in on the web page."""
+
+    identity = models.ForeignKey(TelegramIdentity, on_delete=models.CASCADE, related_name="sign_in_links")
+    # Only a digest is kept: the link itself was sent to the person once and is never shown again.
+    token_digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("web sign-in link")
+        verbose_name_plural = _("web sign-in links")
+
+    def __str__(self) -> str:
+        return f"sign-in link for {self.identity}"
+
+
+class Invitation(models.Model):
+    """A one-time link an admin gives someone to create their own web account."""
+
+    token_digest = models.CharField(max_length=64, unique=True, editable=False)
+    note = models.CharField(
+        _("for"), max_length=200, blank=True, help_text=_("Whom the invitation is for: a reminder for admins.")
+    )
+    email = models.EmailField(_("email"), blank=True, help_text=_("Filled in on the sign-up form; may be changed."))
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(_("expires"))
+    used_at = models.DateTimeField(_("used"), null=True, blank=True, editable=False)
+    used_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("account created"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+    )
+
+    class Meta:
+        verbose_name = _("invitation")
+        verbose_name_plural = _("invitations")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Invitation {self.pk}" + (f" for {self.note}" if self.note else "")
 
 
 class Broadcast(models.Model):

@@ -36,6 +36,7 @@ from botapp.models import (
     Conversation,
     Message,
     MessageStatus,
+    ModelPrice,
     Persona,
     Role,
     ToolCall,
@@ -50,13 +51,30 @@ from botapp.models import (
 
 def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
     """The person's conversations, latest first, each with the start of its first question as a fallback title."""
-    first_question = Message.objects.filter(conversation=OuterRef("pk"), role=Role.USER).order_by("id")
+    first_question = (
+        Message.objects.filter(conversation=OuterRef("pk"), role=Role.USER)
+        .exclude(status=MessageStatus.SUPERSEDED)
+        .order_by("id")
+    )
     return (
         Conversation.objects.filter(user=user)
         .select_related("persona", "bot")
-        .annotate(first_question=Substr(Subquery(first_question.values("content")[:1]), 1, 80))
+        # Room for Markdown around the words the list shows (display_title cuts them to length).
+        .annotate(first_question=Substr(Subquery(first_question.values("content")[:1]), 1, 300))
         .order_by("-updated_at", "-id")
     )
+
+
+def conversation_first_question(*, conversation: Conversation) -> str:
+    """The text of the conversation's first question still on record ("" when none)."""
+    first = (
+        conversation.messages.filter(role=Role.USER)
+        .exclude(status=MessageStatus.SUPERSEDED)
+        .order_by("id")
+        .values_list("content", flat=True)
+        .first()
+    )
+    return first or ""
 
 
 def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
@@ -79,7 +97,31 @@ def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
 
 
 def personas_offered() -> QuerySet[Persona]:
-    return Persona.objects.filter(is_active=True).order_by("name")
+    """The personas people may choose, the site's default first."""
+    return Persona.objects.filter(is_active=True).order_by("-is_default", "name")
+
+
+def persona_default(*, bot: Bot | None = None) -> Persona | None:
+    """Whom a new conversation talks to: the bot's default persona, else the site's, else the first one made."""
+    if bot is not None and bot.default_persona_id:
+        return bot.default_persona
+    return (
+        Persona.objects.filter(is_active=True).order_by("-is_default", "created_at", "pk").first()
+        or Persona.objects.filter(is_default=True).first()
+    )
+
+
+def models_offered(*, at: datetime | None = None) -> list[ModelPrice]:
+    """The chat models people may choose, each with its price in force, cheapest output first.
+
+    A model is offered when its price row in force is marked so; a model without a price is never offered.
+    """
+    at = at or timezone.now()
+    in_force: dict[str, ModelPrice] = {}
+    for price in ModelPrice.objects.filter(valid_from__lte=at).order_by("model", "-valid_from"):
+        in_force.setdefault(price.model, price)
+    offered = [price for price in in_force.values() if price.offered]
+    return sorted(offered, key=lambda price: (price.output_per_mtok, price.input_per_mtok, price.model))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from botapp.models import (
     UsageKind,
     UsageRecord,
 )
-from botapp.usage import budget_refusal, usage_record_create
+from botapp.usage import budget_refusal, format_usd, usage_record_create
 
 logger = logging.getLogger(__name__)
 
@@ -275,10 +275,6 @@ def default_bot() -> Bot | None:
     return bots.filter(name="default").first() or bots.order_by("pk").first()
 
 
-def _money(value: Decimal | None) -> str:
-    return f"${(value or Decimal('0')):.4f}"
-
-
 def spend_report_text(*, day: date) -> str:
     """The report of one day's spend, in the server's time zone: totals, by kind, by model, top people."""
     zone = timezone.get_current_timezone()
@@ -292,14 +288,17 @@ def spend_report_text(*, day: date) -> str:
     ]
     lines = [
         f"Jarvis spend report for {day:%Y-%m-%d} ({zone})",
-        f"Total: {_money(totals['cost'])} in {totals['calls']} model call(s). This month so far: {_money(month)}.",
+        f"Total: {format_usd(totals['cost'])} in {totals['calls']} model call(s). "
+        f"This month so far: {format_usd(month)}.",
     ]
     if totals["calls"]:
         by_kind = rows.values("kind").annotate(cost=Sum("cost_usd"), calls=Count("id")).order_by("-cost", "kind")
-        lines.append("By kind: " + ", ".join(f"{r['kind']} {_money(r['cost'])} ({r['calls']})" for r in by_kind) + ".")
+        lines.append(
+            "By kind: " + ", ".join(f"{r['kind']} {format_usd(r['cost'])} ({r['calls']})" for r in by_kind) + "."
+        )
         by_model = rows.values("model").annotate(cost=Sum("cost_usd"), calls=Count("id")).order_by("-cost", "model")
         lines.append(
-            "By model: " + ", ".join(f"{r['model']} {_money(r['cost'])} ({r['calls']})" for r in by_model) + "."
+            "By model: " + ", ".join(f"{r['model']} {format_usd(r['cost'])} ({r['calls']})" for r in by_model) + "."
         )
         people = (
             rows.filter(user__isnull=False)
@@ -307,7 +306,7 @@ def spend_report_text(*, day: date) -> str:
             .annotate(cost=Sum("cost_usd"))
             .order_by("-cost", "user__username")[:5]
         )
-        lines.append("Top people: " + ", ".join(f"{r['user__username']} {_money(r['cost'])}" for r in people) + ".")
+        lines.append("Top people: " + ", ".join(f"{r['user__username']} {format_usd(r['cost'])}" for r in people) + ".")
         unpriced = rows.filter(priced=False).values_list("model", flat=True).distinct()
         if unpriced:
             lines.append(

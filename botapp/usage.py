@@ -29,7 +29,28 @@ logger = logging.getLogger(__name__)
 MILLION = Decimal(1_000_000)
 SECONDS_PER_MINUTE = Decimal(60)
 COST_QUANTUM = Decimal("0.000000000001")
+# Amounts under a dollar keep this many significant digits (then lose trailing zeros).
+SIGNIFICANT_DIGITS = 4
 _LOOK_UP = object()
+
+
+def format_usd(value: Decimal | float | int | None) -> str:
+    """Dollars as people read them, everywhere Jarvis shows money: $12.50, $0.35, $0.0125, $0.001, $0.000075.
+
+    A dollar or more is shown in cents; less keeps four significant digits (and at least two decimals), so a
+    small budget or a cheap answer never reads as "$0.00".
+    """
+    value = Decimal(str(value or 0))
+    if value == 0:
+        return "$0"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value >= 1:
+        return f"{sign}${value:,.2f}"
+    decimals = min(12, max(2, SIGNIFICANT_DIGITS - 1 - value.adjusted()))
+    digits = f"{value.quantize(Decimal(1).scaleb(-decimals)):f}".rstrip("0")
+    whole, _point, decimals = digits.partition(".")
+    return f"{sign}${whole}.{decimals.ljust(2, '0')}"
 
 
 def _family_names(model: str) -> list[str]:
@@ -302,11 +323,11 @@ def budget_refusal(
         if period.exhausted:
             resets = timezone.localtime(period.resets)
             values = {
-                "limit": f"{period.limit:.2f}",
+                "limit": format_usd(period.limit),
                 "when": resets.strftime("%Y-%m-%d %H:%M %Z"),
                 "wait": _humanize_wait(period.resets - now),
             }
             if period.name == "daily":
-                return _("You have used your daily budget of $%(limit)s. It resets at %(when)s (in %(wait)s).") % values
-            return _("You have used your monthly budget of $%(limit)s. It resets at %(when)s (in %(wait)s).") % values
+                return _("You have used your daily budget of %(limit)s. It resets at %(when)s (in %(wait)s).") % values
+            return _("You have used your monthly budget of %(limit)s. It resets at %(when)s (in %(wait)s).") % values
     return None

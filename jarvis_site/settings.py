@@ -229,6 +229,26 @@ TELEGRAM_ALLOWED_USERS = env.str("TELEGRAM_ALLOWED_USERS", default="")
 TELEGRAM_WEBHOOK_SECRET = env.str("TELEGRAM_WEBHOOK_SECRET", default="")
 ADMIN_TELEGRAM_IDS = env.list("ADMIN_TELEGRAM_IDS", default=[])
 
+# --- Jarvis: web accounts -----------------------------------------------------------------------
+
+# Where the web page is reached, e.g. https://jarvis.example.com: links sent by /web and /link point there.
+SITE_URL = env.str("SITE_URL", default="").rstrip("/")
+# Anyone may make an account at /accounts/signup/; off: only invitations, /web in Telegram and admins.
+SIGNUP_OPEN = env.bool("SIGNUP_OPEN", default=False)
+# Email for password resets, as a URL (smtp+tls://user:password@host:587, consolemail://, ...); lower case:
+# not a setting debug pages would show with its password.
+email_config = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = email_config["EMAIL_BACKEND"]
+EMAIL_HOST = email_config.get("EMAIL_HOST", "")
+EMAIL_PORT = email_config.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = email_config.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = email_config.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = email_config.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = email_config.get("EMAIL_USE_SSL", False)
+if "EMAIL_FILE_PATH" in email_config:
+    EMAIL_FILE_PATH = email_config["EMAIL_FILE_PATH"]
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Jarvis <jarvis@localhost>")
+
 # --- Background work (django-q2) ----------------------------------------------------------------
 
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -101,15 +102,32 @@ async def stop_application(application: Application) -> None:
     await application.shutdown()
 
 
+@asynccontextmanager
+async def running(name: str, telegram: FakeTelegram, openai: FakeOpenAI) -> AsyncIterator[Running]:
+    """Jarvis polling `telegram` with an open bot called `name`, talking to `openai`."""
+    bot = await sync_to_async(BotFactory)(name=name, token=TOKEN)
+    application = await start_application(bot)
+    try:
+        yield Running(bot=bot, application=application, telegram=telegram, openai=openai)
+    finally:
+        await stop_application(application)
+
+
 @pytest.fixture
 async def jarvis(telegram: FakeTelegram, fake_openai: FakeOpenAI) -> AsyncIterator[Running]:
     """Jarvis polling the fake Bot API with an open bot, talking to the fake OpenAI server."""
-    bot = await sync_to_async(BotFactory)(name="test", token=TOKEN)
-    application = await start_application(bot)
-    try:
-        yield Running(bot=bot, application=application, telegram=telegram, openai=fake_openai)
-    finally:
-        await stop_application(application)
+    async with running("test", telegram, fake_openai) as jarvis:
+        yield jarvis
+
+
+@pytest.fixture
+async def jarvis_without_drafts(settings, fake_openai: FakeOpenAI) -> AsyncIterator[Running]:
+    """Jarvis against a Bot API server from before sendMessageDraft (its own fake, so nothing else learns that)."""
+    with FakeTelegram(tokens=[TOKEN], drafts=False) as server:
+        server.add_bot(TOKEN, username=USERNAME)
+        settings.TELEGRAM_API_BASE_URL = server.root_url
+        async with running("old-server", server, fake_openai) as jarvis:
+            yield jarvis
 
 
 def subprocess_env(*, telegram: FakeTelegram, openai: FakeOpenAI, **extra: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from botapp.models import (
     UsageKind,
     UsageRecord,
 )
-from botapp.usage import usage_record_create
+from botapp.usage import format_usd, usage_record_create
 from tests.admin_support import (  # noqa: F401  (fixtures)
     assert_login_page,
     fast_passwords_fixture,
@@ -179,7 +179,7 @@ def test_user_list_shows_telegram_identity_and_this_months_totals(staff_client, 
     assert alice.month_cost == sum(record.cost_usd for record in this_month)
     page = response.content.decode()
     assert "@alice_tg" in page
-    assert f"${alice.month_cost:,.4f}" in page
+    assert format_usd(alice.month_cost) in page
 
 
 def test_user_list_queries_do_not_grow_with_people(staff_client, world, django_assert_max_num_queries) -> None:

@@ -180,13 +180,14 @@ def spend(user, amount: str) -> None:
 async def test_a_spent_daily_budget_refuses_with_the_reset_time(fake_openai, settings):
     """Over the daily budget: refused before the model, told when it resets, message kept."""
     conversation = await make_conversation()
-    fake_openai.enqueue(Behaviour(text="a" * 400))
+    fake_openai.enqueue(Behaviour(text="word " * 400))
     await conversation_reply(conversation=conversation, text="spend something")
     user = await sync_to_async(lambda: conversation.user)()
-    await sync_to_async(Profile.objects.update_or_create)(user=user, defaults={"daily_budget_usd": Decimal("0.00001")})
+    await sync_to_async(Profile.objects.update_or_create)(user=user, defaults={"daily_budget_usd": Decimal("0.0001")})
     with pytest.raises(ReplyRefused) as refused:
         await conversation_reply(conversation=conversation, text="and more")
-    assert "daily budget of $0.00" in str(refused.value) and "resets at" in str(refused.value)
+    # A budget under a cent is shown as it is, not rounded to "$0.00".
+    assert "daily budget of $0.0001." in str(refused.value) and "resets at" in str(refused.value)
     assert len(fake_openai.chat_requests()) == 1
     assert (await rows(conversation))[-2:] == [("user", "and more", "failed"), ("assistant", "", "failed")]
 
@@ -195,7 +196,7 @@ async def test_the_monthly_default_budget_from_settings_applies(fake_openai, set
     """DEFAULT_MONTHLY_BUDGET_USD applies to people without their own budget; unlimited overrides it."""
     settings.DEFAULT_MONTHLY_BUDGET_USD = "0"
     conversation = await make_conversation()
-    with pytest.raises(ReplyRefused, match=r"monthly budget of \$0.00"):
+    with pytest.raises(ReplyRefused, match=r"monthly budget of \$0\. It resets"):
         await conversation_reply(conversation=conversation, text="hi")
     user = await sync_to_async(lambda: conversation.user)()
     await sync_to_async(Profile.objects.filter(user=user).update)(unlimited_budget=True)
@@ -394,9 +395,22 @@ async def test_a_missing_api_key_is_a_sentence_naming_the_variable(settings):
 async def test_an_unknown_model_is_refused_by_the_provider_with_a_sentence(fake_openai):
     """A model the provider does not know: a sentence naming the model."""
     fake_openai.enqueue(Behaviour(status=404, error_code="model_not_found"))
-    conversation = await make_conversation(model="gpt-imaginary")
+    persona = await sync_to_async(PersonaFactory)(model="gpt-imaginary")
+    conversation = await make_conversation(persona=persona)
     with pytest.raises(ReplyFailed, match="gpt-imaginary"):
         await conversation_reply(conversation=conversation, text="hello")
+
+
+async def test_a_chosen_model_answers_until_an_admin_withdraws_it(fake_openai):
+    """A model the person chose answers while offered; once withdrawn, the persona's model answers instead."""
+    await ModelPrice.objects.filter(model="gpt-4.1-nano").aupdate(offered=True)
+    conversation = await make_conversation(model="gpt-4.1-nano")
+    await conversation_reply(conversation=conversation, text="first")
+    await ModelPrice.objects.filter(model="gpt-4.1-nano").aupdate(offered=False)
+    await conversation_reply(conversation=conversation, text="second")
+    assert [served.body["model"] for served in fake_openai.chat_requests()] == ["gpt-4.1-nano", "gpt-4o-mini"]
+    models = [record.model async for record in UsageRecord.objects.order_by("id")]
+    assert models == ["gpt-4.1-nano", "gpt-4o-mini"]
 
 
 def test_a_persona_with_an_unpriced_model_does_not_validate(db):

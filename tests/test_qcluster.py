@@ -1,4 +1,5 @@
-"""A real `manage.py qcluster` process answers queued jobs, on the database broker and on Redis."""
+"""A real `manage.py worker` (django-q2's qcluster) answers queued jobs, on the database broker and on Redis, and
+stops cleanly however it is stopped."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, process: subp
 
 
 def start_cluster(
-    *, openai: FakeOpenAI, redis_url: str = "", extra_env: dict[str, str] | None = None
+    *, openai: FakeOpenAI | None = None, redis_url: str = "", extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -58,11 +59,13 @@ def start_cluster(
         "REDIS_URL": redis_url,
         "Q_WORKERS": "1",
         "OPENAI_API_KEY": "sk-test-key-000000000000",
-        "OPENAI_BASE_URL": openai.base_url,
+        "OPENAI_BASE_URL": openai.base_url if openai else "",
+        "LOG_LEVEL": "INFO",
         **(extra_env or {}),
     }
+    # In a session of its own, as honcho starts it: a signal to its process group reaches it and nothing else.
     return subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
+        [sys.executable, "manage.py", "worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -138,3 +141,81 @@ def test_a_worker_on_redis_runs_a_queued_job(untitled, fake_openai, redis_broker
         assert redis_broker.queue_size() == 0
     finally:
         stop_cluster(process)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes still in process group `pgid` (read from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def wait_for_output(process: subprocess.Popen, text: str, timeout: float = 60.0) -> str:
+    """Read the worker's output until `text` appears."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line:
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"no {text!r} within {timeout} s:\n{''.join(seen)}")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def wait_gone(pgid: int, timeout: float = 30.0) -> list[int]:
+    """The processes of group `pgid` left after waiting up to `timeout` seconds for them to go."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return group_members(pgid)
+
+
+def test_a_signal_to_the_whole_process_group_stops_the_worker_cleanly():
+    """Ctrl-C under `./jarvis up` (honcho signals the process group): the cluster stops in order, well before
+    honcho's five seconds to SIGKILL, and leaves no process behind. Plain qcluster hangs here until killed."""
+    process = start_cluster()
+    wait_for_output(process, "running.")
+    assert group_members(process.pid) == [process.pid], "the workers are not in the signalled group"
+    [sentinel] = children(process.pid)
+    assert len(group_members(sentinel)) >= 3, "the sentinel leads a group of its own, with the workers"
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(sentinel, signal.SIGKILL)
+    assert process.returncode == 0, output
+    assert "has stopped" in output
+    assert wait_gone(sentinel) == []
+
+
+def test_workers_stop_when_their_master_is_killed():
+    """A master killed outright (SIGKILL) leaves no workers running: its sentinel sees it gone and stops them."""
+    process = start_cluster()
+    wait_for_output(process, "running.")
+    [sentinel] = children(process.pid)
+    process.kill()
+    process.wait()
+    left = wait_gone(sentinel)
+    if left:
+        os.killpg(sentinel, signal.SIGKILL)
+    assert left == []

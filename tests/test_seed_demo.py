@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db.models import Count, F, Sum
 
+from botapp.bootstrap import bots_configured
 from botapp.demo import UNPRICED_MODEL, ledger_rows_range
 from botapp.models import (
     Bot,
@@ -50,6 +51,9 @@ def test_seed_demo_creates_consistent_data() -> None:
         "one ledger row per answer"
     )
     assert Bot.objects.filter(name__startswith="Demo bot").count() == 2
+    # Their tokens are made up: a real `./jarvis up` afterwards must not start them.
+    assert not Bot.objects.filter(name__startswith="Demo bot", enabled=True).exists()
+    assert bots_configured() == []
     assert TelegramIdentity.objects.count() >= 10
     assert BotUser.objects.count() >= TelegramIdentity.objects.count()
     # Every person's messages belong to their own conversations.

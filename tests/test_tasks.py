@@ -25,7 +25,7 @@ from botapp.models import (
     UsageRecord,
 )
 from botapp.schedules import PERIODIC, schedules_ensure
-from botapp.usage import cost_of, price_in_force, usage_record_create
+from botapp.usage import cost_of, format_usd, price_in_force, usage_record_create
 from tests.factories import BotFactory, ConversationFactory, UserFactory
 from tests.fakes.openai_server import Behaviour
 from tests.fakes.telegram_server import FakeTelegram
@@ -272,7 +272,7 @@ def test_the_daily_report_reaches_every_admin_through_the_default_bot(telegram, 
     for chat_id in (111, 222):
         [message] = telegram.messages(TOKEN, chat_id)
         assert f"Jarvis spend report for {yesterday:%Y-%m-%d}" in message.text
-        assert f"Total: ${total:.4f} in 2 model call(s)" in message.text
+        assert f"Total: {format_usd(total)} in 2 model call(s)" in message.text
         assert message.text.index("alice") < message.text.index("bob")
 
 

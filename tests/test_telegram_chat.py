@@ -51,13 +51,59 @@ async def test_history_is_remembered_across_messages(jarvis: Running):
     assert [m["content"] for m in last[1:]] == ["My name is Ada", "Echo: My name is Ada", "What is my name?"]
 
 
-async def test_answer_streams_into_one_message_with_throttled_edits(jarvis: Running):
-    """A slow answer is shown by editing one message, at most about once a second, after "typing…"."""
+async def test_answer_streams_as_a_native_draft_in_a_private_chat(jarvis: Running):
+    """In a private chat a slow answer grows as the chat's draft (sendMessageDraft), after "typing…", then is sent
+    once, whole: no message is edited."""
     text = " ".join(f"word{i}" for i in range(60))
     jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=6, chunk_delay=0.06))
     jarvis.telegram.push_text(TOKEN, 503, "Tell me a story")
     await jarvis.answered(503)
     [answer] = jarvis.answers(503)
+    assert answer.text == text and answer.edits == 0
+    drafts = jarvis.telegram.drafts(TOKEN, 503)
+    assert len(drafts) >= 3, "the answer should grow as a draft"
+    assert len({draft.draft_id for draft in drafts}) == 1, "one draft, animated from one text to the next"
+    assert all(text.startswith(draft.text) for draft in drafts)
+    assert [len(draft.text) for draft in drafts] == sorted(len(draft.text) for draft in drafts)
+    calls = [c for c in jarvis.telegram.calls() if c.chat_id == 503]
+    methods = [c.method for c in calls]
+    assert "editMessageText" not in methods
+    assert methods.index("sendChatAction") < methods.index("sendMessageDraft") < methods.index("sendMessage")
+    writes = [c.time for c in calls if c.method in ("sendMessageDraft", "sendMessage")]
+    assert min(b - a for a, b in itertools.pairwise(writes)) >= 0.9
+    reply = await Message.objects.aget(role=Role.ASSISTANT)
+    assert reply.telegram_reply_ids == [answer.message_id]
+
+
+async def test_a_long_draft_becomes_messages_part_by_part(jarvis: Running):
+    """An answer over 4096 characters: each part is sent as a message once complete, the next one drafted."""
+    paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 20 for i in range(16)]
+    text = "\n\n".join(paragraphs)
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=400, chunk_delay=0.25))
+    jarvis.telegram.push_text(TOKEN, 512, "Write a lot")
+    answers = await jarvis.answered(512, 2, timeout=30)
+    assert len(answers) >= 2 and all(a.edits == 0 and len(a.text) <= 4096 for a in answers)
+    assert " ".join(a.text for a in answers).split() == text.split()
+    drafts = jarvis.telegram.drafts(TOKEN, 512)
+    first_id = drafts[0].draft_id
+    # Each part drafts under its own id (the last one may go out whole before it is ever drafted).
+    assert {first_id, first_id + 1} <= {d.draft_id for d in drafts} <= set(range(first_id, first_id + len(answers)))
+    sent = [c.time for c in jarvis.telegram.calls("sendMessage") if c.chat_id == 512]
+    # Each part is drafted only after the part before it went out as a message.
+    for part in range(1, len(answers)):
+        assert all(d.time > sent[part - 1] for d in drafts if d.draft_id == first_id + part)
+
+
+async def test_a_server_without_drafts_gets_throttled_edits(jarvis_without_drafts: Running):
+    """A Bot API server from before drafts answers 404: the answer grows by editing one message, at most about
+    once a second, and later answers do not ask for drafts again."""
+    jarvis = jarvis_without_drafts
+    text = " ".join(f"word{i}" for i in range(60))
+    jarvis.openai.enqueue(
+        Behaviour(text=text, chunk_chars=6, chunk_delay=0.06), Behaviour(text=text, chunk_chars=6, chunk_delay=0.06)
+    )
+    jarvis.telegram.push_text(TOKEN, 503, "Tell me a story")
+    [answer] = await jarvis.answered(503)
     assert answer.text == text
     assert answer.edits >= 2, "the answer should grow in place"
     edits = [c.time for c in jarvis.telegram.calls("editMessageText") if c.chat_id == 503 and c.ok]
@@ -65,6 +111,11 @@ async def test_answer_streams_into_one_message_with_throttled_edits(jarvis: Runn
     assert min(gaps) >= 0.9, gaps
     calls = [c.method for c in jarvis.telegram.calls() if c.chat_id == 503]
     assert calls.index("sendChatAction") < calls.index("sendMessage")
+    assert [c.status for c in jarvis.telegram.calls("sendMessageDraft")] == [404]
+    jarvis.telegram.push_text(TOKEN, 513, "Again")
+    await jarvis.answered(513)
+    assert jarvis.answers(513)[0].edits >= 2
+    assert len(jarvis.telegram.calls("sendMessageDraft")) == 1
 
 
 async def test_typing_shows_only_when_the_answer_takes_a_moment(jarvis: Running, monkeypatch):
@@ -126,10 +177,12 @@ async def test_rejected_html_is_sent_again_as_plain_text(jarvis: Running):
     assert answer.text == "Echo: Say **hi**"
 
 
-async def test_rejected_html_in_an_edit_falls_back_to_plain_text(jarvis: Running):
+async def test_rejected_html_in_an_edit_falls_back_to_plain_text(jarvis_without_drafts: Running):
     """When Telegram refuses the HTML of an edit, the same text is sent as a plain edit and the answer goes on."""
+    jarvis = jarvis_without_drafts
     text = "Some **bold** words and then the rest of a longer answer, which goes on for a while after that."
-    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=12, chunk_delay=0.3))
+    # Seconds long, so that the refused edit (the first) is not the last one: the final edit restores the bold.
+    jarvis.openai.enqueue(Behaviour(text=text, chunk_chars=12, chunk_delay=0.5))
     jarvis.telegram.fail_next(
         "editMessageText", 400, description="Bad Request: can't parse entities: Can't find end tag", times=1
     )
@@ -142,8 +195,9 @@ async def test_rejected_html_in_an_edit_falls_back_to_plain_text(jarvis: Running
     assert answer.text == "Some bold words and then the rest of a longer answer, which goes on for a while after that."
 
 
-async def test_message_not_modified_is_not_an_error(jarvis: Running):
+async def test_message_not_modified_is_not_an_error(jarvis_without_drafts: Running):
     """An edit answered "message is not modified" is taken as done: no error reaches the person."""
+    jarvis = jarvis_without_drafts
     jarvis.openai.enqueue(Behaviour(text="First words. And the rest of the answer.", chunk_chars=12, chunk_delay=0.4))
     jarvis.telegram.fail_next(
         "editMessageText",

@@ -3,23 +3,26 @@
 import pytest
 from asgiref.sync import sync_to_async
 
-from botapp.models import Conversation, MessageStatus, Persona, Role, TelegramLinkCode
+from botapp.crypto import token_digest
+from botapp.models import Conversation, MessageStatus, ModelPrice, Persona, Role, TelegramLinkCode, WebSignInLink
 from tests.factories import PersonaFactory
 from tests.fakes.openai_server import Behaviour
-from tests.telegram_support import TOKEN, Running
+from tests.telegram_support import TOKEN, USERNAME, Running
 
 pytest_plugins = ["tests.telegram_support"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_start_greets_like_the_seed_in_chinese_and_english(jarvis: Running):
-    """/start answers with the seed's greeting in Chinese for a Chinese client, and in English otherwise."""
-    jarvis.telegram.push_text(TOKEN, 601, "/start", language_code="zh-hans")
-    jarvis.telegram.push_text(TOKEN, 602, "/start", language_code="en")
+async def test_start_greets_by_name_in_chinese_and_english(jarvis: Running):
+    """/start greets the person by their first name (no "sir"), in Chinese for a Chinese client, and names /web."""
+    jarvis.telegram.push_text(TOKEN, 601, "/start", language_code="zh-hans", first_name="小明")
+    jarvis.telegram.push_text(TOKEN, 602, "/start", language_code="en", first_name="Ada")
     [chinese] = await jarvis.answered(601)
     [english] = await jarvis.answered(602)
-    assert chinese.text.startswith("您好先生，我是Jarvis，您的tg助理！")
-    assert english.text.startswith("Hello sir, I am Jarvis, your Telegram assistant!")
+    assert chinese.text.startswith("您好，小明！我是 Jarvis，您的助理。")
+    assert english.text.startswith("Hello Ada, I am Jarvis, your assistant.")
+    assert "sir" not in english.text and "先生" not in chinese.text
+    assert "/web" in english.text and "/web" in chinese.text
     assert jarvis.openai.chat_requests() == []
 
 
@@ -27,7 +30,7 @@ async def test_help_lists_the_commands_in_the_users_language(jarvis: Running):
     """/help lists every command, translated for a Chinese client."""
     jarvis.telegram.push_text(TOKEN, 603, "/help", language_code="zh")
     [text] = await jarvis.answered(603)
-    for command in ("/new", "/mode", "/stats", "/retry", "/caps", "/link"):
+    for command in ("/new", "/mode", "/model", "/stats", "/retry", "/caps", "/web", "/link"):
         assert command in text.text
     assert "开始新的对话" in text.text
 
@@ -37,7 +40,9 @@ async def test_command_menu_is_registered_in_english_and_chinese(jarvis: Running
     english = jarvis.telegram.commands(TOKEN)
     chinese = jarvis.telegram.commands(TOKEN, language_code="zh")
     assert [c["command"] for c in english] == [c["command"] for c in chinese]
-    assert {"start", "help", "new", "mode", "stats", "retry", "caps", "link"} <= {c["command"] for c in english}
+    assert {"start", "help", "new", "mode", "model", "stats", "retry", "caps", "web", "link"} <= {
+        c["command"] for c in english
+    }
     assert english[0]["description"] != chinese[0]["description"]
 
 
@@ -82,9 +87,9 @@ async def test_stats_shows_tokens_cost_and_budget(jarvis: Running, settings):
     await jarvis.answered(606, 1)
     jarvis.telegram.push_text(TOKEN, 606, "/stats")
     stats = (await jarvis.answered(606, 2))[-1].text
-    # 1000 × $0.15/M + 500 × $0.60/M = $0.00045
-    assert stats.count("1,500 tokens, $0.0004") == 3 or stats.count("1,500 tokens, $0.0005") == 3, stats
-    assert "$0.9996 left of $1.0000" in stats or "$0.9995 left of $1.0000" in stats, stats
+    # 1000 × $0.15/M + 500 × $0.60/M = $0.00045, shown as it is.
+    assert stats.count("1,500 tokens, $0.00045") == 3, stats
+    assert "$0.9996 left of $1.00" in stats or "$0.9995 left of $1.00" in stats, stats
     assert "unlimited" in stats  # no monthly budget
 
 
@@ -135,13 +140,67 @@ async def test_unknown_command_gets_a_reply(jarvis: Running):
     assert jarvis.openai.chat_requests() == []
 
 
-async def test_link_gives_a_code_for_the_web_page(jarvis: Running):
-    """/link replies with a fresh one-time code and says where to enter it."""
+async def test_link_gives_a_code_and_names_the_web_page(jarvis: Running, settings):
+    """/link replies with a fresh one-time code and the address of the page (SITE_URL) where it is entered."""
+    settings.SITE_URL = "https://jarvis.example"
     jarvis.telegram.push_text(TOKEN, 611, "/link")
     [answer] = await jarvis.answered(611)
     code = await TelegramLinkCode.objects.select_related("identity").aget()
     assert code.identity.telegram_id == 611
-    assert code.code in answer.text and "/link/" in answer.text
+    assert code.code in answer.text and "https://jarvis.example/link/" in answer.text
+    assert "/web" in answer.text
+
+
+async def test_web_sends_a_one_time_sign_in_link_in_private_only(jarvis: Running, settings):
+    """/web answers with a sign-in link on SITE_URL, without a link preview (Telegram would open it); only a digest
+    is stored. In a group it is refused and no link is made."""
+    settings.SITE_URL = "https://jarvis.example/"
+    jarvis.telegram.push_text(TOKEN, 614, "/web", language_code="zh-CN")
+    [answer] = await jarvis.answered(614)
+    [url] = [word for word in answer.text.split() if word.startswith("https://")]
+    assert url.startswith("https://jarvis.example/accounts/telegram/")
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    assert len(token) >= 40 and "只能使用一次" in answer.text
+    [sent] = [c for c in jarvis.telegram.calls("sendMessage") if c.chat_id == 614]
+    assert sent.params["link_preview_options"]["is_disabled"] is True
+    link = await WebSignInLink.objects.select_related("identity").aget()
+    assert link.identity.telegram_id == 614 and token not in link.token_digest
+    assert link.token_digest == token_digest(token)
+    jarvis.telegram.push_text(TOKEN, -100614, f"/web@{USERNAME}", user_id=614)
+    [refused] = await jarvis.answered(-100614)
+    assert "private chat" in refused.text or "私聊" in refused.text
+    assert await WebSignInLink.objects.acount() == 1
+
+
+async def test_model_lists_offered_models_with_prices_and_the_choice_answers(jarvis: Running):
+    """/model offers the persona's model and each model an admin offers, with its price; the choice answers the next
+    message. Without offered models it says which model answers."""
+    jarvis.telegram.push_text(TOKEN, 615, "/model")
+    [none] = await jarvis.answered(615)
+    assert "gpt-4o-mini" in none.text and none.reply_markup is None
+    await ModelPrice.objects.filter(model__in=["gpt-4.1-nano", "gpt-4o"]).aupdate(offered=True)
+    jarvis.telegram.push_text(TOKEN, 615, "/model")
+    menu = (await jarvis.answered(615, 2))[-1]
+    labels = [row[0]["text"] for row in menu.reply_markup["inline_keyboard"]]
+    assert labels == [
+        "✓ Persona's model (gpt-4o-mini)",
+        "gpt-4.1-nano · $0.10 in · $0.40 out per 1M tokens",
+        "gpt-4o · $2.50 in · $10.00 out per 1M tokens",
+    ]
+    nano = menu.reply_markup["inline_keyboard"][1][0]
+    jarvis.telegram.push_callback_query(TOKEN, 615, menu.message_id, nano["callback_data"])
+    await jarvis.telegram.await_for(lambda: jarvis.telegram.calls("answerCallbackQuery"))
+    await jarvis.settled()
+    assert (await Conversation.objects.aget(telegram_chat_id=615)).model == "gpt-4.1-nano"
+    jarvis.telegram.push_text(TOKEN, 615, "Hello")
+    await jarvis.answered(615, 3)
+    assert jarvis.openai.chat_requests()[-1].body["model"] == "gpt-4.1-nano"
+    # A model that is not offered cannot be chosen, even by a hand-made button.
+    jarvis.telegram.push_callback_query(TOKEN, 615, menu.message_id, "model:gpt-5")
+    await jarvis.telegram.await_for(lambda: len(jarvis.telegram.calls("answerCallbackQuery")) == 2)
+    refusal = jarvis.telegram.calls("answerCallbackQuery")[-1].params
+    assert refusal["show_alert"] is True and "gpt-5" in refusal["text"]
+    assert (await Conversation.objects.aget(telegram_chat_id=615)).model == "gpt-4.1-nano"
 
 
 async def test_persona_list_is_read_from_the_database(jarvis: Running):

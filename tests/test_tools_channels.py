@@ -16,7 +16,7 @@ from botapp.tools.services import tools_setup
 from tests.factories import ConversationFactory, UserFactory
 from tests.fakes.openai_server import Behaviour
 from tests.fakes.tool_servers import ARTICLE_TITLE
-from tests.telegram_support import TOKEN, Running
+from tests.telegram_support import TOKEN, USERNAME, Running
 from tests.tools_helpers import BUILTINS, fake_reported_cost, mcp_server_add, persona_with_tools
 
 pytest_plugins = ["tests.telegram_support", "tests.tools_support"]
@@ -27,7 +27,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_telegram_shows_a_status_line_while_a_tool_runs_then_the_answer(jarvis: Running, fake_web, settings):
-    """ "Reading 127.0.0.1…" shows while the slow page is read; the answer replaces it and links its source."""
+    """ "Reading 127.0.0.1…" shows (as the private chat's draft) while the slow page is read; the answer replaces
+    it and links its source."""
     settings.TOOLS_ALLOW_PRIVATE_URLS = True
     await sync_to_async(persona_with_tools)(*BUILTINS)
     page = f"{fake_web.url}/slow?seconds=3"
@@ -40,6 +41,25 @@ async def test_telegram_shows_a_status_line_while_a_tool_runs_then_the_answer(ja
     assert answer.text.startswith("The page says it was slow.")
     assert "Sources: Slow" in answer.text and "⏳" not in answer.text
     assert any(entity["type"] == "text_link" and entity["url"] == page for entity in answer.entities)
+    [status] = [draft for draft in jarvis.telegram.drafts(TOKEN, 701) if "⏳" in draft.text]
+    assert "⏳ Reading 127.0.0.1…" in status.text and "<i>" in status.raw
+    assert answer.edits == 0 and len(answer.history) == 1, "the answer arrives once, whole, after the draft"
+
+
+async def test_telegram_group_shows_the_status_line_in_the_message_the_answer_replaces(
+    jarvis: Running, fake_web, settings
+):
+    """In a group (no drafts) the status line is the message's text until the answer replaces it by an edit."""
+    settings.TOOLS_ALLOW_PRIVATE_URLS = True
+    await sync_to_async(persona_with_tools)(*BUILTINS)
+    page = f"{fake_web.url}/slow?seconds=3"
+    jarvis.openai.enqueue(
+        Behaviour(tool_calls=[{"name": "read_web_page", "arguments": {"url": page}}]),
+        Behaviour(text="The page says it was slow."),
+    )
+    jarvis.telegram.push_text(TOKEN, -7010, f"@{USERNAME} read that slow page")
+    [answer] = await jarvis.answered(-7010, timeout=30)
+    assert answer.text.startswith("The page says it was slow.") and "⏳" not in answer.text
     assert "⏳ Reading 127.0.0.1…" in answer.history[0] and "<i>" in answer.history[0]
     assert answer.edits >= 1, "the status line is replaced by the answer, in the same message"
 

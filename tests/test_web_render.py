@@ -3,16 +3,19 @@
 import re
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from botapp.models import Channel, Message, MessageStatus, Role, UsageKind
 from botapp.selectors import conversation_messages, usage_by_day, usage_by_model
 from botapp.usage import usage_record_create
 from botapp.web.charts import bar_chart, nice_ceiling
-from botapp.web.markdown import markdown_to_html
+from botapp.web.markdown import highlight_css, markdown_to_html
+from botapp.web.titles import display_title
 from botapp.web.views import format_usd
 from tests.factories import UserFactory
 
@@ -24,7 +27,8 @@ def test_markdown_keeps_code_lists_tables_and_safe_links():
     html = markdown_to_html(
         "```python\nx = 1 < 2\n```\n\n1. a\n2. b\n\n| h |\n|---|\n| c |\n\nSee [docs](https://example.com/a?b=1&c=2)."
     )
-    assert '<pre><code class="language-python">x = 1 &lt; 2\n</code></pre>' in html
+    assert '<pre><code class="language-python"><span class="n">x</span>' in html
+    assert '<span class="o">&lt;</span>' in html and '<span class="mi">2</span>' in html
     assert "<ol>\n<li>a</li>" in html and "<th>h</th>" in html and "<td>c</td>" in html
     assert '<a href="https://example.com/a?b=1&amp;c=2" target="_blank" rel="noopener nofollow noreferrer">' in html
 
@@ -51,6 +55,42 @@ def test_markdown_never_lets_script_or_foreign_markup_through(hostile):
         assert forbidden not in html
     assert re.search(r"<[^>]*\son\w+=", html) is None
     assert "before" in html and "after" in html
+
+
+def test_code_is_highlighted_with_token_classes_only():
+    """Known languages get Pygments' token spans; unknown ones stay plain; no other span class gets through."""
+    html = markdown_to_html("```python\ndef f():\n    return '<b>'\n```")
+    assert '<span class="k">def</span>' in html and '<span class="nf">f</span>' in html
+    assert "&lt;b&gt;" in html and "<b>" not in html
+    plain = markdown_to_html("```nosuchlanguage\nx = 1\n```\n\n```\ny = 2\n```")
+    assert "<span" not in plain and "x = 1" in plain and "y = 2" in plain
+    # Raw HTML from the model is text; a span is only ever the highlighter's.
+    assert "<span" not in markdown_to_html('<span class="k">x</span> <span class="hostile">y</span>')
+    streaming = markdown_to_html("Here:\n\n```python\nfor i in range(3):\n    pri")
+    assert '<span class="k">for</span>' in streaming and "pri" in streaming
+
+
+def test_highlight_stylesheet_is_the_generated_one():
+    """static/jarvis/highlight.css is what highlight_css() writes today (light and dark token colours)."""
+    written = (Path(settings.BASE_DIR) / "static" / "jarvis" / "highlight.css").read_text()
+    assert written == highlight_css()
+    assert "prefers-color-scheme: dark" in written and ".markdown pre .k {" in written
+
+
+@pytest.mark.parametrize(
+    ("title", "question", "shown"),
+    [
+        ("Trip to Kyoto", "ignored", "Trip to Kyoto"),
+        ("", "**How** do I `undo` a [commit](https://x.example)?", "How do I undo a commit?"),
+        ("", "", "New conversation"),
+        ("", "word " * 30, "word word word word word word word word word word word word…"),
+        ("", "一" * 100, "一" * 60 + "…"),
+        ("", "# Heading\n\n<script>x</script>", "Heading <script>x</script>"),
+    ],
+)
+def test_display_title_is_plain_words_cut_at_a_word(title, question, shown):
+    """A conversation without a title is named by its first question, without Markdown, cut at a word."""
+    assert display_title(title, question) == shown
 
 
 def test_code_block_language_class_is_checked():
@@ -106,6 +146,12 @@ def test_empty_chart_says_so():
         (Decimal("0.000075"), "$0.000075"),
         (Decimal("0.0345"), "$0.0345"),
         (Decimal("12.5"), "$12.50"),
+        (Decimal("0.001"), "$0.001"),
+        (Decimal("0.35"), "$0.35"),
+        (Decimal("0.3500"), "$0.35"),
+        (Decimal("1234.5"), "$1,234.50"),
+        (Decimal("0.000000000300"), "$0.0000000003"),
+        (Decimal("0.99961"), "$0.9996"),
     ],
 )
 def test_format_usd(value, text):

@@ -77,6 +77,26 @@ async def test_answer_streams_as_events_and_is_stored_with_its_cost(fake_openai)
     ]
 
 
+async def test_the_answer_is_rendered_as_it_streams_with_the_same_sanitizer(fake_openai):
+    """While the answer streams, `render` events carry the answer so far as sanitized HTML (Markdown, highlighted
+    code), each a longer prefix of the answer; a script the model writes never becomes markup."""
+    text = "**Bold** start.\n\n```python\nx = '<script>alert(1)</script>'\n```\n\n" + "More words. " * 100
+    fake_openai.enqueue(Behaviour(text=text, chunk_chars=6, chunk_delay=0.02))
+    conversation = await make_conversation()
+    client = await signed_in_client(conversation.user)
+    _, events = await send(client, conversation, "Render as you go")
+    kinds = [event["type"] for event in events]
+    renders = [event["html"] for event in events if event["type"] == "render"]
+    final = events[-1]["html"]
+    assert kinds[-1] == "done" and "render" not in kinds[kinds.index("done") :]
+    # Seconds of streaming, at most a few renders a second: several, each the answer so far, not yet the whole.
+    assert 2 <= len(renders) <= len(text) // 6
+    partial = [html for html in renders if html != final]
+    assert any("<strong>Bold</strong>" in html for html in partial)
+    assert any('<span class="s1">' in html for html in partial)
+    assert all("<script" not in html for html in [*renders, final])
+
+
 async def test_empty_message_is_refused_and_nothing_stored(fake_openai):
     """An empty or blank message gets a sentence (HTTP 400), no model call and nothing stored."""
     conversation = await make_conversation()

@@ -9,12 +9,15 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from botapp.conversations import conversation_start
 from botapp.linking import link_code_create
 from botapp.models import (
     Channel,
     Conversation,
     Message,
     MessageStatus,
+    ModelPrice,
+    Persona,
     Profile,
     Role,
     TelegramIdentity,
@@ -241,13 +244,13 @@ def test_usage_page_shows_chart_models_and_budget(signed_in, user):
     response = signed_in.get(reverse("web:usage"))
     content = response.content.decode()
     # gpt-4o: 100k × $2.50/M + 10k × $10/M = $0.35; gpt-4o-mini: 1k × $0.15/M + 1k × $0.60/M = $0.00075.
-    assert "$0.3500" in content and "$0.000750" in content
+    assert "$0.35" in content and "$0.00075" in content
     assert "gpt-4.1" not in content
-    assert "$0.6500 left of $1.00" in content
+    assert "$0.65 left of $1.00" in content
     chart = response.context["cost_chart"]
     assert len(chart.segments) == 2 and not chart.empty
     tallest = max(chart.segments, key=lambda segment: segment.height)
-    assert "$0.3500" in tallest.title
+    assert "$0.35" in tallest.title
     # Two days with use: two cost bars and two input-token bars (series 0), two output-token bars (series 1).
     assert content.count('<rect class="bar series-0"') == 4
     assert content.count('<rect class="bar series-1"') == 2
@@ -283,3 +286,118 @@ def test_pages_follow_the_browsers_language(signed_in, conversation):
     assert "消息" in refused.json()["message"]
     english = signed_in.get(reverse("web:usage"), HTTP_ACCEPT_LANGUAGE="en-GB")
     assert "Your usage" in english.content.decode()
+
+
+# --- The page's newer endpoints -------------------------------------------------------------------
+
+
+def test_home_opens_on_an_empty_focused_box_with_the_default_persona_chosen(signed_in):
+    """The home page is a new conversation: a message box with autofocus, the default persona preselected."""
+    PersonaFactory(name="Aardvark")
+    page = signed_in.get(reverse("web:home")).content.decode()
+    assert 'id="id_text"' in page and "autofocus" in page
+    assert '<option value="' in page
+    jarvis = Persona.objects.get(name="Jarvis")
+    assert f'<option value="{jarvis.pk}" selected>Jarvis</option>' in page
+    assert page.index(">Jarvis<") < page.index(">Aardvark<")
+
+
+def test_the_bots_or_the_sites_default_persona_starts_conversations_never_the_first_by_name(user):
+    """Without a choice a conversation gets its bot's default persona, else the site's default, not "Aardvark"."""
+    PersonaFactory(name="Aardvark")
+    pirate = PersonaFactory(name="Pirate")
+    assert conversation_start(user=user, channel=Channel.WEB).persona.name == "Jarvis"
+    bot = BotFactory(default_persona=pirate)
+    assert conversation_start(user=user, channel=Channel.TELEGRAM, bot=bot, telegram_chat_id=1).persona == pirate
+    Persona.objects.filter(name="Jarvis").update(is_default=False)
+    pirate.is_default = True
+    pirate.save()
+    assert conversation_start(user=user, channel=Channel.WEB).persona == pirate
+
+
+def test_a_refused_first_message_leaves_no_empty_conversation(signed_in, user):
+    """An empty first message from the home page is refused with a sentence, and no conversation is made."""
+    response = signed_in.post(reverse("web:start_send"), {"text": "  "})
+    assert response.status_code == 400 and "empty" in response.json()["message"]
+    response = signed_in.post(reverse("web:start_send"), {"text": "hi", "model": "gpt-4o"})
+    assert response.status_code == 400 and "not offered" in response.json()["message"]
+    assert not Conversation.objects.filter(user=user).exists()
+
+
+def test_export_of_ones_own_conversation_as_markdown_and_json(signed_in, conversation):
+    """One's own conversation downloads as Markdown or JSON (the admin's exporters); anyone else's is a 404."""
+    conversation.title = "Trip to Kyoto"
+    conversation.save()
+    Message.objects.create(conversation=conversation, role=Role.USER, content="Where to stay?")
+    Message.objects.create(conversation=conversation, role=Role.ASSISTANT, content="Near **Gion**.")
+    markdown = signed_in.get(reverse("web:export", args=[conversation.pk, "md"]))
+    assert markdown["Content-Type"].startswith("text/markdown")
+    assert "filename*=UTF-8''trip-to-kyoto.md" in markdown["Content-Disposition"]
+    assert "# Trip to Kyoto" in markdown.content.decode() and "Near **Gion**." in markdown.content.decode()
+    document = signed_in.get(reverse("web:export", args=[conversation.pk, "json"])).json()
+    assert [m["content"] for m in document["conversations"][0]["messages"]] == ["Where to stay?", "Near **Gion**."]
+    assert signed_in.get(reverse("web:export", args=[conversation.pk, "exe"])).status_code == 404
+    theirs = ConversationFactory(user=UserFactory())
+    assert signed_in.get(reverse("web:export", args=[theirs.pk, "md"])).status_code == 404
+
+
+def test_title_endpoint_names_the_conversation_as_the_list_does(signed_in, conversation):
+    """The page asks for the title after the first answer: the first question in plain words until titled."""
+    Message.objects.create(conversation=conversation, role=Role.USER, content="**What** is `x`?")
+    url = reverse("web:title", args=[conversation.pk])
+    assert signed_in.get(url).json() == {"title": "What is x?", "titled": False}
+    conversation.title = "About x"
+    conversation.save()
+    assert signed_in.get(url).json() == {"title": "About x", "titled": True}
+
+
+def test_only_offered_models_may_be_chosen_and_the_choice_is_answered_as_json(signed_in, conversation):
+    """The model menu lists offered models with prices; a model not offered is refused; the persona's model is the
+    empty choice. The page's script gets JSON, a page without script a redirect."""
+    ModelPrice.objects.filter(model="gpt-4.1-nano").update(offered=True)
+    page = signed_in.get(reverse("web:conversation", args=[conversation.pk])).content.decode()
+    assert "gpt-4.1-nano · $0.10 in · $0.40 out per 1M tokens" in page and "gpt-4o ·" not in page
+    url = reverse("web:model", args=[conversation.pk])
+    chosen = signed_in.post(url, {"model": "gpt-4.1-nano"}, HTTP_ACCEPT="application/json")
+    assert chosen.status_code == 200 and "gpt-4.1-nano" in chosen.json()["message"]
+    refused = signed_in.post(url, {"model": "gpt-4o"}, HTTP_ACCEPT="application/json")
+    assert refused.status_code == 400 and "not offered" in refused.json()["message"]
+    conversation.refresh_from_db()
+    assert conversation.model == "gpt-4.1-nano"
+    assert signed_in.post(url, {"model": ""})["Location"] == reverse("web:conversation", args=[conversation.pk])
+    conversation.refresh_from_db()
+    assert conversation.model == ""
+
+
+def test_regenerate_and_edit_are_refused_where_they_cannot_work(signed_in, user, conversation):
+    """Nothing to regenerate, a message of another conversation, or a Telegram conversation: a sentence, no write."""
+    refused = signed_in.post(reverse("web:regenerate", args=[conversation.pk]))
+    assert refused.status_code == 400 and "nothing to answer again" in refused.json()["message"]
+    other = ConversationFactory(user=user)
+    foreign = Message.objects.create(conversation=other, role=Role.USER, content="elsewhere")
+    response = signed_in.post(reverse("web:edit", args=[conversation.pk, foreign.pk]), {"text": "new words"})
+    assert response.status_code == 400 and "no longer in this conversation" in response.json()["message"]
+    telegram = ConversationFactory(user=user, channel=Channel.TELEGRAM, bot=BotFactory(), telegram_chat_id=9)
+    question = Message.objects.create(conversation=telegram, role=Role.USER, content="hi")
+    assert signed_in.post(reverse("web:regenerate", args=[telegram.pk])).status_code == 409
+    assert signed_in.post(reverse("web:edit", args=[telegram.pk, question.pk]), {"text": "x"}).status_code == 409
+    assert list(Message.objects.order_by("id").values_list("content", "status")) == [
+        ("elsewhere", MessageStatus.COMPLETE),
+        ("hi", MessageStatus.COMPLETE),
+    ]
+
+
+def test_favicon_and_the_page_icon(signed_in):
+    """/favicon.ico is no 404: it leads to the page's icon, which every page links."""
+    response = Client().get("/favicon.ico")
+    assert response.status_code == 302 and response["Location"].endswith("jarvis/favicon.svg")
+    assert 'rel="icon"' in signed_in.get(reverse("web:home")).content.decode()
+
+
+def test_a_spent_tiny_budget_reads_as_spent(signed_in, user):
+    """A $0.001 daily budget is shown as $0.001 (not $0.00), and its meter marks the spent end as bad."""
+    Profile.objects.update_or_create(user=user, defaults={"daily_budget_usd": Decimal("0.001")})
+    usage_record_create(user=user, kind=UsageKind.CHAT, model="gpt-4o", channel=Channel.WEB, output_tokens=1000)
+    content = signed_in.get(reverse("web:usage")).content.decode()
+    assert "$0 left of $0.001" in content
+    assert 'low="0.0005' in content and 'high="0.0009' in content and 'optimum="0"' in content

@@ -1,5 +1,9 @@
-"""Getting answers to a Telegram chat: HTML with a plain fallback, flood control, answers streamed by edits,
-pictures (as photos, or as documents when too large for one) and voice notes."""
+"""Getting answers to a Telegram chat: HTML with a plain fallback, flood control, answers streamed as they come,
+tool status lines, pictures (as photos, or as documents when too large for one) and voice notes.
+
+In a private chat an answer streams as a native draft (`sendMessageDraft`, Bot API 9.5), then is sent whole;
+in groups, and on Bot API servers without drafts, it streams into a message edited about once a second.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -16,7 +21,7 @@ from telegram import Bot as TelegramBot
 from telegram import Message as TelegramMessage
 from telegram import ReplyParameters
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TimedOut
 
 from botapp.telegram.formatting import render_parts
 
@@ -26,6 +31,9 @@ T = TypeVar("T")
 # Telegram allows about one message a second per chat, and about twenty a minute in a group.
 EDIT_INTERVAL_PRIVATE = 1.0
 EDIT_INTERVAL_GROUP = 3.0
+# Telegram animates a draft from one text to the next, so once a second reads as smoothly as more often would,
+# for no more Bot API calls than the edits it replaces (bench/telegram_calls.py: twice a second nearly doubled them).
+DRAFT_INTERVAL = 1.0
 # A "typing…" action shows for five seconds; renew it a little before it fades.
 TYPING_INTERVAL = 4.0
 # An answer ready sooner than this needs no "typing…": nobody could see it before the answer replaced it.
@@ -57,6 +65,14 @@ def _is_parse_error(exc: BadRequest) -> bool:
 
 def _is_not_modified(exc: BadRequest) -> bool:
     return "message is not modified" in exc.message.lower()
+
+
+class DraftsUnsupported(Exception):
+    """The Bot API server has no sendMessageDraft (older than Bot API 9.5): stream by edits instead."""
+
+
+# Bot API endpoints (server and token) that said they have no drafts: asked once per process, not per answer.
+_servers_without_drafts: set[str] = set()
 
 
 async def telegram_call(call: Callable[[], Awaitable[T]], *, what: str) -> T:
@@ -133,6 +149,33 @@ async def edit_text(bot: TelegramBot, *, chat_id: int, message_id: int, html: st
     except BadRequest as exc:
         if not _is_not_modified(exc):
             raise
+
+
+async def send_draft(bot: TelegramBot, *, chat_id: int, draft_id: int, html: str, plain: str) -> None:
+    """Show text as the private chat's draft, HTML first then plain; DraftsUnsupported if the server has none."""
+    try:
+        try:
+            await telegram_call(
+                lambda: bot.send_message_draft(
+                    chat_id=chat_id, draft_id=draft_id, text=html, parse_mode=ParseMode.HTML
+                ),
+                what="sendMessageDraft",
+            )
+            return
+        except BadRequest as exc:
+            if not _is_parse_error(exc):
+                raise
+            logger.info("Telegram rejected the HTML of a draft (%s): sending it as plain text", exc.message)
+        await telegram_call(
+            lambda: bot.send_message_draft(chat_id=chat_id, draft_id=draft_id, text=plain), what="sendMessageDraft"
+        )
+    except InvalidToken as exc:
+        # Unknown methods are a 404 "Not Found", which python-telegram-bot reports as InvalidToken.
+        raise DraftsUnsupported(str(exc)) from exc
+    except BadRequest as exc:
+        if "not found" in exc.message.lower() or "unknown method" in exc.message.lower():
+            raise DraftsUnsupported(exc.message) from exc
+        raise
 
 
 async def send_sentence(bot: TelegramBot, *, chat_id: int, text: str, reply_to: int | None = None) -> TelegramMessage:
@@ -277,14 +320,16 @@ class _Shown:
 
 
 class AnswerStream:
-    """One answer shown as it is written: "typing…" until the first words, then throttled edits.
+    """One answer shown as it is written: "typing…" until the first words, then a draft or throttled edits.
 
     "typing…" starts after `TYPING_DELAY`, so an answer that is ready at once costs no extra call.
 
-    The answer's Markdown is rendered to parts of at most 4096 characters; each part is one message,
-    edited while it grows and left alone once the next part starts. `message_ids` lists the messages of
-    the answer so far (for example one started before a restart, which is then edited instead of repeated);
-    `on_new_message` hears of every message added, so a restart knows them too.
+    The answer's Markdown is rendered to parts of at most 4096 characters; each part is one message. With
+    `draft` (private chats), the part being written is the chat's draft and becomes a message once it is
+    complete, so the chat gets each message once, whole. Without, each part is a message edited while it
+    grows and left alone once the next part starts. `message_ids` lists the messages of the answer so far
+    (for example one started before a restart, which is then edited instead of repeated); `on_new_message`
+    hears of every message added, so a restart knows them too.
     """
 
     def __init__(
@@ -296,11 +341,17 @@ class AnswerStream:
         interval: float = EDIT_INTERVAL_PRIVATE,
         message_ids: Sequence[int] = (),
         on_new_message: Callable[[list[int]], Awaitable[None]] | None = None,
+        draft: bool = False,
     ) -> None:
         self.bot = bot
         self.chat_id = chat_id
         self.reply_to = reply_to
-        self.interval = interval
+        self.draft = draft and bot.base_url not in _servers_without_drafts
+        self.edit_interval = interval
+        self.interval = DRAFT_INTERVAL if self.draft else interval
+        # Drafts with one id animate from one text to the next; each part of the answer gets its own.
+        self._draft_base = secrets.randbelow(2**30) + 1
+        self._drafted = False
         self.shown = [_Shown(message_id, None) for message_id in message_ids]
         self.on_new_message = on_new_message
         self.text = ""
@@ -364,7 +415,7 @@ class AnswerStream:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TYPING_DELAY):
                 await self._stopping.wait()
-        while not self.shown and not self._stopping.is_set():
+        while not self.shown and not self._drafted and not self._stopping.is_set():
             try:
                 await self.bot.send_chat_action(chat_id=self.chat_id, action=ChatAction.TYPING)
             except RetryAfter as exc:
@@ -381,7 +432,7 @@ class AnswerStream:
             await self._changed.wait()
             if self._stopping.is_set():
                 return
-            if not self.shown:
+            if not self.shown and not self._drafted:
                 # A short answer finished within this moment goes out whole in one message, instead of a
                 # preview and an edit that the chat's pace would hold back by a second.
                 with contextlib.suppress(TimeoutError):
@@ -391,7 +442,7 @@ class AnswerStream:
                     return
             self._changed.clear()
             try:
-                await self._show(self._current())
+                await self._show(self._current(), preview=True)
             except NetworkError as exc:
                 # A preview edit that fails is not worth stopping the answer for; the final show retries.
                 logger.warning("Could not show the answer so far in chat %s: %s", self.chat_id, exc)
@@ -407,27 +458,51 @@ class AnswerStream:
             await asyncio.sleep(wait)
         self._last_write = loop.time()
 
-    async def _show(self, text: str) -> None:
+    async def _show(self, text: str, *, preview: bool = False) -> None:
         parts = render_parts(text)
         async with self._io:
-            for index, (html, plain) in enumerate(parts):
-                if index < len(self.shown):
-                    shown = self.shown[index]
-                    if shown.html != html:
-                        await self._pace()
-                        await edit_text(
-                            self.bot, chat_id=self.chat_id, message_id=shown.message_id, html=html, plain=plain
-                        )
-                        shown.html = html
-                    continue
-                await self._pace()
-                message = await send_text(
-                    self.bot,
-                    chat_id=self.chat_id,
-                    html=html,
-                    plain=plain,
-                    reply_to=self.reply_to if index == 0 else None,
-                )
-                self.shown.append(_Shown(message.message_id, html))
-                if self.on_new_message is not None:
-                    await self.on_new_message(self.message_ids)
+            if preview and self.draft:
+                try:
+                    await self._show_draft(parts)
+                    return
+                except DraftsUnsupported as exc:
+                    logger.info("The Bot API server has no drafts (%s): answers stream by edits", exc)
+                    _servers_without_drafts.add(self.bot.base_url)
+                    self.draft, self.interval = False, self.edit_interval
+                except BadRequest as exc:
+                    logger.info(
+                        "Telegram refused a draft in chat %s (%s): this answer streams by edits", self.chat_id, exc
+                    )
+                    self.draft, self.interval = False, self.edit_interval
+            await self._show_messages(parts)
+
+    async def _show_draft(self, parts: list[tuple[str, str]]) -> None:
+        """The parts before the last as messages (they are complete), the last one as the chat's draft."""
+        await self._show_messages(parts[:-1])
+        html, plain = parts[-1]
+        await self._pace()
+        await send_draft(
+            self.bot, chat_id=self.chat_id, draft_id=self._draft_base + len(parts) - 1, html=html, plain=plain
+        )
+        self._drafted = True
+
+    async def _show_messages(self, parts: list[tuple[str, str]]) -> None:
+        for index, (html, plain) in enumerate(parts):
+            if index < len(self.shown):
+                shown = self.shown[index]
+                if shown.html != html:
+                    await self._pace()
+                    await edit_text(self.bot, chat_id=self.chat_id, message_id=shown.message_id, html=html, plain=plain)
+                    shown.html = html
+                continue
+            await self._pace()
+            message = await send_text(
+                self.bot,
+                chat_id=self.chat_id,
+                html=html,
+                plain=plain,
+                reply_to=self.reply_to if index == 0 else None,
+            )
+            self.shown.append(_Shown(message.message_id, html))
+            if self.on_new_message is not None:
+                await self.on_new_message(self.message_ids)

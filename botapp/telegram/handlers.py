@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import gettext as _
 from telegram import (
@@ -22,6 +24,7 @@ from telegram import (
     InlineKeyboardMarkup,
     InlineQueryResultArticle,
     InputTextMessageContent,
+    LinkPreviewOptions,
     MessageEntity,
     Update,
 )
@@ -31,6 +34,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import CallbackContext, ExtBot, filters
 
 from botapp import media
+from botapp.choices import ChoiceError, conversation_model_set, conversation_persona_set, model_price_label
 from botapp.conversations import (
     MAX_AUDIO_BYTES,
     ReplyError,
@@ -46,8 +50,10 @@ from botapp.conversations import (
     turn_retry,
 )
 from botapp.database import database_retry, is_unavailable
-from botapp.linking import CODE_LIFETIME, link_code_create
-from botapp.models import Channel, Conversation, MediaFile, MediaKind, Message, MessageStatus, Persona
+from botapp.linking import CODE_LIFETIME, SIGN_IN_LINK_LIFETIME, link_code_create, web_sign_in_link_create
+from botapp.models import Channel, Conversation, MediaFile, MediaKind, Message, MessageStatus, ModelPrice, Persona
+from botapp.selectors import models_offered, personas_offered
+from botapp.site import site_url
 from botapp.telegram import selectors, services
 from botapp.telegram.delivery import (
     CAPTION_LIMIT,
@@ -63,13 +69,14 @@ from botapp.telegram.delivery import (
 )
 from botapp.telegram.formatting import render_parts
 from botapp.tools.drawing import answer_pictures, drew_pictures
-from botapp.usage import price_in_force
+from botapp.usage import format_usd, price_in_force
 
 logger = logging.getLogger(__name__)
 
 # Telegram's Bot API serves files up to 20 MB through getFile.
 TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
 PERSONA_CALLBACK_PREFIX = "persona:"
+MODEL_CALLBACK_PREFIX = "model:"
 
 
 class JarvisContext(CallbackContext[ExtBot, dict, dict, dict]):
@@ -88,9 +95,11 @@ def bot_commands() -> list[BotCommand]:
         BotCommand("help", _("How to use Jarvis")),
         BotCommand("new", _("Start a new conversation")),
         BotCommand("mode", _("Choose a persona")),
+        BotCommand("model", _("Choose the model, with its price")),
         BotCommand("stats", _("Tokens and cost, and what is left of your budget")),
         BotCommand("retry", _("Answer the last message again")),
         BotCommand("caps", _("Shout some text back in capitals")),
+        BotCommand("web", _("A link that signs you in on the web page")),
         BotCommand("link", _("Link this Telegram account to the web page")),
         BotCommand("image", _("Draw a picture, or change the one you reply to")),
         BotCommand("voice", _("Switch answers between text and voice notes")),
@@ -224,6 +233,8 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
         interval=EDIT_INTERVAL_GROUP if group else EDIT_INTERVAL_PRIVATE,
         message_ids=turn.reply.telegram_reply_ids or (),
         on_new_message=remember,
+        # Drafts exist in private chats only.
+        draft=not group,
     )
     async with stream:
         try:
@@ -412,12 +423,16 @@ async def answer_message(
 
 @jarvis_handler
 async def start(update: Update, context: JarvisContext) -> None:
-    """Greet the person as the seed's Jarvis did."""
+    """Greet the person and say what Jarvis does."""
+    name = update.effective_user.first_name if update.effective_user else ""
+    greeting = _("Hello %(name)s, I am Jarvis, your assistant.") % {"name": name} if name else _("Hello, I am Jarvis.")
     await reply(
         update,
-        _("Hello sir, I am Jarvis, your Telegram assistant!")
+        greeting
         + "\n\n"
-        + _("Write to me, send a voice message or a photo, and I will answer. /help lists what else I can do."),
+        + _("Write to me, send a voice message or a photo, and I will answer. /help lists what else I can do.")
+        + "\n"
+        + _("/web gives you a link to the same conversations on the web page."),
     )
 
 
@@ -458,7 +473,7 @@ async def new_conversation(update: Update, context: JarvisContext) -> None:
 async def mode(update: Update, context: JarvisContext) -> None:
     """Offer the active personas as buttons."""
     conversation = await _conversation(update, context)
-    personas = await sync_to_async(selectors.personas_offered)()
+    personas = await sync_to_async(lambda: list(personas_offered()))()
     if not personas:
         await reply(update, _("There are no personas to choose from. An admin can add some."))
         return
@@ -497,7 +512,7 @@ async def persona_chosen(update: Update, context: JarvisContext) -> None:
         await query.answer(_("That persona is no longer offered. Send /mode again."), show_alert=True)
         return
     conversation = await _conversation(update, context)
-    await sync_to_async(services.conversation_persona_set)(conversation=conversation, persona=persona)
+    await sync_to_async(conversation_persona_set)(conversation=conversation, persona=persona)
     confirmation = _("Persona: %(name)s. The next answer uses it.") % {"name": persona.name}
     await query.answer(confirmation)
     try:
@@ -506,8 +521,73 @@ async def persona_chosen(update: Update, context: JarvisContext) -> None:
         logger.debug("Could not update the persona menu: %s", exc)
 
 
-def _money(value: Any) -> str:
-    return f"${value:.4f}"
+def _models_offered(conversation: Conversation) -> tuple[str, list[ModelPrice]]:
+    """The persona's own model and the models people may choose (each with its price in force)."""
+    persona = conversation.persona
+    return (persona.model if persona else "") or settings.OPENAI_MODEL, models_offered()
+
+
+@jarvis_handler
+async def model(update: Update, context: JarvisContext) -> None:
+    """Offer the models an admin lets people choose, each with its price; the persona's model first."""
+    conversation = await _conversation(update, context)
+    persona_model, offered = await sync_to_async(_models_offered)(conversation)
+    if not offered:
+        await reply(
+            update,
+            _("This chat answers with %(model)s, the persona's model; an admin has offered no other models.")
+            % {"model": persona_model},
+        )
+        return
+    chosen = conversation.model if conversation.model in {price.model for price in offered} else ""
+    mark = "✓ "
+    buttons = [
+        [
+            InlineKeyboardButton(
+                ("" if chosen else mark) + _("Persona's model (%(model)s)") % {"model": persona_model},
+                callback_data=MODEL_CALLBACK_PREFIX,
+            )
+        ]
+    ]
+    buttons += [
+        [
+            InlineKeyboardButton(
+                (mark if price.model == chosen else "") + f"{price.model} · {model_price_label(price)}",
+                callback_data=f"{MODEL_CALLBACK_PREFIX}{price.model}"[:64],
+            )
+        ]
+        for price in offered
+    ]
+    message = update.effective_message
+    await telegram_call(
+        lambda: message.reply_text(
+            _("Choose the model that answers in this chat (prices per million tokens):"),
+            reply_markup=InlineKeyboardMarkup(buttons),
+        ),
+        what="sendMessage",
+    )
+
+
+@jarvis_handler
+async def model_chosen(update: Update, context: JarvisContext) -> None:
+    """Switch the chat's conversation to the model whose button was pressed."""
+    query = update.callback_query
+    name = (query.data or "").removeprefix(MODEL_CALLBACK_PREFIX)
+    conversation = await _conversation(update, context)
+    try:
+        await sync_to_async(conversation_model_set)(conversation=conversation, model=name)
+    except ChoiceError as exc:
+        await query.answer(str(exc) + " " + _("Send /model again."), show_alert=True)
+        return
+    if name:
+        confirmation = _("Model: %(model)s. The next answer uses it.") % {"model": name}
+    else:
+        confirmation = _("The persona's model answers again from the next message on.")
+    await query.answer(confirmation)
+    try:
+        await query.edit_message_text(confirmation)
+    except BadRequest as exc:
+        logger.debug("Could not update the model menu: %s", exc)
 
 
 @jarvis_handler
@@ -522,7 +602,7 @@ async def stats(update: Update, context: JarvisContext) -> None:
     lines = [_("Your usage:")]
     lines += [
         _("%(period)s: %(tokens)s tokens, %(cost)s")
-        % {"period": label, "tokens": f"{total.tokens:,}", "cost": _money(total.cost_usd)}
+        % {"period": label, "tokens": f"{total.tokens:,}", "cost": format_usd(total.cost_usd)}
         for label, total in rows
     ]
     lines.append("")
@@ -533,7 +613,7 @@ async def stats(update: Update, context: JarvisContext) -> None:
         else:
             lines.append(
                 _("%(name)s: %(remaining)s left of %(limit)s")
-                % {"name": name, "remaining": _money(period.remaining), "limit": _money(period.limit)}
+                % {"name": name, "remaining": format_usd(period.remaining), "limit": format_usd(period.limit)}
             )
     await reply(update, "\n".join(lines))
 
@@ -580,20 +660,55 @@ async def inline_caps(update: Update, context: JarvisContext) -> None:
     await update.inline_query.answer([result], cache_time=0)
 
 
+async def _in_private(update: Update, refusal: str) -> bool:
+    """True in a private chat; elsewhere the person reads `refusal` (links and codes are for them alone)."""
+    if update.effective_chat.type == ChatType.PRIVATE:
+        return True
+    await reply(update, refusal)
+    return False
+
+
 @jarvis_handler
 async def link(update: Update, context: JarvisContext) -> None:
     """Give a one-time code that joins this Telegram account to a web account."""
-    if update.effective_chat.type != ChatType.PRIVATE:
-        await reply(update, _("For your privacy, send /link to me in a private chat."))
+    if not await _in_private(update, _("For your privacy, send /link to me in a private chat.")):
         return
     code = await sync_to_async(link_code_create)(identity=context.contact.identity)
     await reply(
         update,
         _(
-            "Your link code is %(code)s. Sign in on the Jarvis web page, open /link/ and enter it there within "
+            "Your link code is %(code)s. Sign in on the Jarvis web page, open %(url)s and enter it there within "
             "%(minutes)d minutes. Your Telegram conversations and usage then appear on the web page too."
         )
-        % {"code": code.code, "minutes": int(CODE_LIFETIME.total_seconds() // 60)},
+        % {
+            "code": code.code,
+            "url": site_url(reverse("web:link")),
+            "minutes": int(CODE_LIFETIME.total_seconds() // 60),
+        }
+        + "\n"
+        + _("No web account yet? Send /web instead: its link signs you in with this Telegram account."),
+    )
+
+
+@jarvis_handler
+async def web(update: Update, context: JarvisContext) -> None:
+    """Send a one-time link that signs this Telegram account in on the web page (an account made if needed)."""
+    if not await _in_private(update, _("For your privacy, send /web to me in a private chat.")):
+        return
+    url = await sync_to_async(web_sign_in_link_create)(identity=context.contact.identity)
+    message = update.effective_message
+    text = _(
+        "Open this link to sign in on the Jarvis web page as this Telegram account; your conversations are there "
+        "too. It works once, within %(minutes)d minutes, and only for you: do not pass it on."
+    ) % {"minutes": int(SIGN_IN_LINK_LIFETIME.total_seconds() // 60)}
+    # No link preview: a preview would have Telegram's servers open the link.
+    await telegram_call(
+        lambda: message.get_bot().send_message(
+            chat_id=message.chat_id,
+            text=f"{text}\n\n{url}",
+            link_preview_options=LinkPreviewOptions(is_disabled=True),
+        ),
+        what="sendMessage",
     )
 
 

@@ -16,7 +16,6 @@ from botapp.models import (
     Conversation,
     Message,
     MessageStatus,
-    Persona,
     ProcessedUpdate,
     Role,
     UsageRecord,
@@ -59,10 +58,6 @@ def usage_summary(*, user: AbstractBaseUser) -> UsageSummary:
         all_time=_total(user=user, since=None),
         periods=periods,
     )
-
-
-def personas_offered() -> list[Persona]:
-    return list(Persona.objects.filter(is_active=True).order_by("name"))
 
 
 def stored_question(*, conversation: Conversation, telegram_message_id: int) -> tuple[Message, Message | None] | None:

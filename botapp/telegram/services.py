@@ -21,7 +21,6 @@ from botapp.models import (
     BotUser,
     Conversation,
     Message,
-    Persona,
     ProcessedUpdate,
     Profile,
     TelegramIdentity,
@@ -160,12 +159,6 @@ def chat_message_accept(
         telegram_message_id=telegram_message_id,
     )
     return Accepted(conversation=conversation, turn=turn)
-
-
-def conversation_persona_set(*, conversation: Conversation, persona: Persona) -> None:
-    """Switch the persona (and so the system prompt and model) of a conversation from the next answer on."""
-    conversation.persona = persona
-    conversation.save(update_fields=["persona"])
 
 
 def conversation_voice_switch(*, conversation: Conversation) -> bool:

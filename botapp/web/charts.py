@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 Number = int | float | Decimal
+# Axis labels are drawn this big (in viewBox units) on a phone, where the chart is shrunk the most; the
+# margins leave room for them so that no label is cut off at the edge.
+AXIS_FONT_UNITS = 22
+CHARACTER_WIDTH = 0.6 * AXIS_FONT_UNITS
 
 
 @dataclass(frozen=True)
@@ -64,14 +68,18 @@ def bar_chart(
     x_label_count: int = 5,
 ) -> BarChart:
     """Stacked bars, one per label; `series[i][j]` is series i's value at label j."""
-    left, right, top, bottom = 70.0, width - 8.0, 12.0, height - 28.0
-    chart = BarChart(width=width, height=height, plot_left=left, plot_right=right, plot_top=top, plot_bottom=bottom)
     count = len(labels)
+    totals = [sum(float(values[j]) for values in series) for j in range(count)]
+    top_value = nice_ceiling(max(totals, default=0))
+    longest = max((len(format_value(top_value * step / 4)) for step in range(5)), default=2)
+    widest_x = max((len(label) for label in labels), default=0)
+    left = max(48.0, math.ceil(longest * CHARACTER_WIDTH) + 12.0)
+    right = width - max(8.0, math.ceil(widest_x * CHARACTER_WIDTH / 2))
+    top, bottom = 14.0, height - (AXIS_FONT_UNITS + 12.0)
+    chart = BarChart(width=width, height=height, plot_left=left, plot_right=right, plot_top=top, plot_bottom=bottom)
     if count == 0:
         return chart
-    totals = [sum(float(values[j]) for values in series) for j in range(count)]
     chart.empty = not any(totals)
-    top_value = nice_ceiling(max(totals))
     scale = (bottom - top) / top_value
     slot = (right - left) / count
     bar_width = max(slot * 0.7, 1.0)
@@ -99,7 +107,9 @@ def bar_chart(
     for step in range(1 if chart.empty else 5):
         value = top_value * step / 4
         chart.y_ticks.append(Tick(position=round(bottom - value * scale, 2), label=format_value(value)))
-    every = max(math.ceil(count / x_label_count), 1)
+    # Labels at most every 1.5 label widths, so that they never run into each other.
+    room = (right - left) / max(widest_x * CHARACTER_WIDTH * 1.5, 1.0)
+    every = max(math.ceil(count / max(min(x_label_count, int(room)), 1)), 1)
     for j in range(0, count, every):
         chart.x_ticks.append(Tick(position=round(left + j * slot + slot / 2, 2), label=labels[j]))
     return chart

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UserCreationForm
 from django.utils.translation import gettext_lazy as _
 
 from botapp.models import Conversation
@@ -34,3 +36,27 @@ class LinkCodeForm(forms.Form):
         max_length=32,
         widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "autocapitalize": "characters"}),
     )
+
+
+class SignUpForm(UserCreationForm):
+    """A new web account: a username, an email (to reset a forgotten password) and a password, twice."""
+
+    email = forms.EmailField(
+        label=_("Email"),
+        required=False,
+        help_text=_("Optional; needed to reset a forgotten password."),
+        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+    )
+
+    class Meta(UserCreationForm.Meta):
+        model = get_user_model()
+        fields = ("username", "email")
+
+
+class AccountForm(forms.ModelForm):
+    """The name one signs in with and the email a password reset goes to."""
+
+    class Meta:
+        model = get_user_model()
+        fields = ("username", "email")
+        help_texts = {"email": _("Needed to reset a forgotten password.")}

@@ -1,41 +1,79 @@
-"""Markdown from people and the model to HTML that is safe to put in the page."""
+"""Markdown from people and the model to HTML that is safe to put in the page, code highlighted by Pygments.
+
+The whole answer is rendered on the server, also while it streams (partial Markdown renders fine: an open
+code fence runs to the end), so the browser never parses Markdown and the sanitizer below always has the
+last word. Highlighting is Pygments' token classes on `<span>`s; the colours are in `static/jarvis/highlight.css`,
+written by `highlight_css()` (run `python -m botapp.web.markdown > static/jarvis/highlight.css`).
+"""
 
 from __future__ import annotations
 
+import html as html_module
 import re
 from functools import cache
 
 import nh3
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.token import STANDARD_TYPES
+from pygments.util import ClassNotFound
 
 ALLOWED_TAGS = {
     "a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "ol", "p",
-    "pre", "s", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
+    "pre", "s", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
 }  # fmt: skip
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}}
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}, "span": {"class"}}
 URL_SCHEMES = {"http", "https", "mailto"}
 # Syntax highlighting hooks only: `language-python`, never an arbitrary class that could restyle the page.
 LANGUAGE_CLASS = re.compile(r"^language-[A-Za-z0-9_+#.-]{1,40}$")
+# Pygments' short token classes ("k", "nf", "s2"): the only classes a <span> may carry.
+TOKEN_CLASSES = frozenset(name for name in STANDARD_TYPES.values() if name)
+# Longer code is shown plain: highlighting it would hold up the page for little gain.
+HIGHLIGHT_MAX_CHARS = 20_000
+LIGHT_STYLE = "default"
+DARK_STYLE = "github-dark"
+
+
+@cache
+def _formatter() -> HtmlFormatter:
+    return HtmlFormatter(nowrap=True)
+
+
+def _highlight(code: str, language: str, _attrs: str) -> str:
+    """Pygments' spans for a fenced block with a known language; "" lets markdown-it escape it plainly."""
+    if not language or len(code) > HIGHLIGHT_MAX_CHARS:
+        return ""
+    try:
+        lexer = get_lexer_by_name(language.strip().lower(), stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return ""
+    return highlight(code, lexer, _formatter())
 
 
 @cache
 def _parser() -> MarkdownIt:
     # html=False: raw HTML in the source is shown as text, not passed through.
-    return MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+    options = {"html": False, "breaks": True, "highlight": _highlight}
+    return MarkdownIt("commonmark", options).enable(["table", "strikethrough"])
 
 
 def _keep_attribute(tag: str, attribute: str, value: str) -> str | None:
     if tag == "code" and attribute == "class":
         return value if LANGUAGE_CLASS.match(value) else None
+    if tag == "span" and attribute == "class":
+        return value if value in TOKEN_CLASSES else None
     return value
 
 
 def markdown_to_html(text: str) -> SafeString:
     """Render Markdown to HTML, then keep only an allowlist of tags, attributes and link schemes.
 
-    The sanitizer runs on the rendered HTML, so whatever the parser lets through (or a future parser bug
-    lets through) still cannot carry a script, an event handler or a `javascript:` link into the page.
+    The sanitizer runs on the rendered HTML, so whatever the parser or the highlighter lets through (or a
+    future bug in either lets through) still cannot carry a script, an event handler or a `javascript:`
+    link into the page.
     """
     html = _parser().render(text or "")
     cleaned = nh3.clean(
@@ -49,3 +87,40 @@ def markdown_to_html(text: str) -> SafeString:
         strip_comments=True,
     )
     return mark_safe(cleaned)  # noqa: S308 - sanitized by nh3 just above
+
+
+def markdown_to_text(text: str) -> str:
+    """The words of some Markdown without its markup, on one line: for titles and previews."""
+    html = _parser().render(text or "")
+    # Plain text, to be escaped again wherever it is shown.
+    plain = html_module.unescape(nh3.clean(html, tags=set(), strip_comments=True))
+    return " ".join(plain.split())
+
+
+def highlight_css() -> str:
+    """The colours of highlighted code: Pygments' light style, and its dark one when the system is dark."""
+    light = HtmlFormatter(style=LIGHT_STYLE).get_style_defs(".markdown pre")
+    dark = HtmlFormatter(style=DARK_STYLE).get_style_defs(".markdown pre")
+    # The block backgrounds stay the page's own (app.css); only the token colours come from Pygments.
+    keep = [line for line in light.splitlines() if _token_rule(line)]
+    keep_dark = ["  " + line for line in dark.splitlines() if _token_rule(line)]
+    return (
+        "/* Generated by botapp.web.markdown.highlight_css() from Pygments' "
+        f'"{LIGHT_STYLE}" and "{DARK_STYLE}" styles; do not edit. */\n'
+        + "\n".join(keep)
+        + "\n@media (prefers-color-scheme: dark) {\n"
+        + "\n".join(keep_dark)
+        + "\n}\n"
+    )
+
+
+def _token_rule(line: str) -> bool:
+    """A rule for one token class (".markdown pre .k { ... }"), not the block's own background or line numbers."""
+    match = re.match(r"^\.markdown pre \.([a-z0-9]+) \{", line)
+    return bool(match) and match.group(1) in TOKEN_CLASSES
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(highlight_css())

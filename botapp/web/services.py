@@ -1,4 +1,4 @@
-"""Writes behind the browser page's controls: rename, change persona, delete, and the person's time zone."""
+"""Writes behind the browser page's controls: rename and delete a conversation, and the person's time zone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zoneinfo
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from botapp.models import Conversation, Persona
+from botapp.models import Conversation
 from botapp.usage import profile_for
 
 
@@ -15,13 +15,6 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
     """Give the conversation a title (cut to the field's length); an empty one falls back to the first question."""
     conversation.title = title.strip()[: Conversation._meta.get_field("title").max_length]
     conversation.save(update_fields=["title"])
-    return conversation
-
-
-def conversation_persona_change(*, conversation: Conversation, persona: Persona) -> Conversation:
-    """Later answers use `persona`; what was already said stays as it was."""
-    conversation.persona = persona
-    conversation.save(update_fields=["persona"])
     return conversation
 
 

@@ -1,8 +1,10 @@
 """Views of the browser chat page; sending streams the answer as newline-delimited JSON events.
 
 The stream (`application/x-ndjson`), one JSON object per line:
-  {"type": "start", "message_id": <answer id>, "question_id": <question id>}
+  {"type": "start", "message_id": <answer id>, "question_id": <question id>,
+   "conversation": {"id": .., "url": .., "title": ..}}   the turn is stored (conversation: first message only)
   {"type": "delta", "text": "..."}                        as the answer is written
+  {"type": "render", "html": "<sanitized>"}               the answer so far as HTML, a few times a second
   {"type": "tool", "id": <tool call id>, "state": "running" | "done", "status": "running" | "ok" | "error" | ...,
    "label": "Searching the web: …", "duration_ms": .., "error": "...", "sources": [{"url", "title"}]}
                                                           when a tool call starts and ends
@@ -11,7 +13,8 @@ The stream (`application/x-ndjson`), one JSON object per line:
                                                           the stored answer, rendered on the server
   {"type": "error", "message": "<sentence>", "html": "<partial answer, sanitized>"}
 A client that disconnects (the Stop button) cancels the stream; the funnel then stores the partial answer
-as incomplete and bills it.
+as incomplete and bills it. Markdown is rendered here, never in the browser: the same sanitizer covers the
+answer while it streams and once it is stored.
 
 Pictures (`image_send`, "/image PROMPT" or the Draw button) and read-out answers (`message_speech`, the play
 button) answer with one JSON object; the files themselves are served by `media_file`, to their owner and staff.
@@ -20,29 +23,36 @@ button) answer with one JSON object; the files themselves are served by `media_f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from decimal import Decimal
 from functools import wraps
 from typing import Any
+from urllib.parse import quote
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.db import connections, transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
+from django.urls import reverse
 from django.utils import timezone, translation
+from django.utils.text import slugify
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from botapp import media, selectors
+from botapp.choices import ChoiceError, conversation_model_set, conversation_persona_set, model_price_label
 from botapp.conversations import (
     Reply,
     ReplyError,
@@ -54,6 +64,9 @@ from botapp.conversations import (
     turn_accept,
     turn_answer_stream,
     turn_draw,
+    turn_edit,
+    turn_retry,
+    validate_text,
 )
 from botapp.linking import LinkError, link_code_redeem
 from botapp.models import (
@@ -67,21 +80,20 @@ from botapp.models import (
     TelegramIdentity,
     UsageKind,
 )
+from botapp.staff import conversations_export_json, conversations_export_markdown
 from botapp.tools.drawing import answer_pictures, drew_pictures
 from botapp.tools.records import sources_of, tool_call_steps
 from botapp.tools.runner import ToolEvent
-from botapp.usage import budget_periods
+from botapp.usage import budget_periods, format_usd
 from botapp.web.charts import bar_chart
 from botapp.web.forms import ConversationCreateForm, ConversationPersonaForm, ConversationRenameForm, LinkCodeForm
 from botapp.web.markdown import markdown_to_html
-from botapp.web.services import (
-    conversation_delete,
-    conversation_persona_change,
-    conversation_rename,
-    profile_time_zone_set,
-)
+from botapp.web.services import conversation_delete, conversation_rename, profile_time_zone_set
+from botapp.web.titles import display_title
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CONTENT_SECURITY_POLICY", "format_usd", "with_csp"]
 
 # Defence in depth behind the sanitizer: no inline script or style runs even if markup slipped through.
 CONTENT_SECURITY_POLICY = (
@@ -89,6 +101,10 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 USAGE_RANGES = (7, 30, 90)
+# The answer so far is rendered at most this often while it streams, and never more often than this many
+# times its own rendering time (a long answer with much code takes tens of milliseconds to render).
+RENDER_INTERVAL = 0.15
+RENDER_COST_FACTOR = 10
 
 View = Callable[..., HttpResponse]
 
@@ -105,19 +121,11 @@ def with_csp(view: View) -> View:
     return wrapped
 
 
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
 # --- Formatting ---------------------------------------------------------------------------------
-
-
-def format_usd(value: Decimal | float | None) -> str:
-    """Dollars with as many decimals as small amounts need: $1.25, $0.0125, $0.000125."""
-    value = Decimal(str(value or 0))
-    if value == 0:
-        return "$0"
-    if value >= 1:
-        return f"${value:,.2f}"
-    if value >= Decimal("0.01"):
-        return f"${value:.4f}"
-    return f"${value:.6f}"
 
 
 def format_tokens(value: float) -> str:
@@ -146,11 +154,46 @@ def _own_conversation(request: HttpRequest, pk: int) -> Conversation:
     return get_object_or_404(Conversation.objects.select_related("persona", "bot"), pk=pk, user=request.user)
 
 
-def _chat_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+def _model_options(conversation: Conversation | None) -> list[dict[str, str]]:
+    """The model menu: the persona's own model first, then each model offered with its price."""
+    offered = selectors.models_offered()
+    if not offered:
+        return []
+    persona = conversation.persona if conversation is not None else selectors.persona_default()
+    persona_model = (persona.model if persona else "") or settings.OPENAI_MODEL
+    chosen = conversation.model if conversation is not None else ""
+    names = {price.model for price in offered}
+    options = [
+        {
+            "value": "",
+            "label": _("Persona's model (%(model)s)") % {"model": persona_model},
+            "selected": chosen not in names,
+        }
+    ]
+    options += [
+        {
+            "value": price.model,
+            "label": f"{price.model} · {model_price_label(price)}",
+            "selected": chosen == price.model,
+        }
+        for price in offered
+    ]
+    return options
+
+
+def _chat_context(request: HttpRequest, conversation: Conversation | None = None, **extra: Any) -> dict[str, Any]:
+    personas = list(selectors.personas_offered())
+    default = selectors.persona_default()
+    current = conversation.persona_id if conversation is not None else (default.pk if default else None)
     return {
         "nav": "chat",
         "conversations": selectors.conversation_list(user=request.user),
-        "create_form": ConversationCreateForm(),
+        "conversation": conversation,
+        "personas": personas,
+        "current_persona": current,
+        "model_options": _model_options(conversation),
+        "max_chars": settings.MAX_MESSAGE_CHARS,
+        "statuses": MessageStatus,
         **extra,
     }
 
@@ -159,8 +202,9 @@ def _chat_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """The conversation list and a form to start a new one."""
-    return render(request, "botapp/chat.html", _chat_context(request))
+    """A new conversation: an empty, focused message box; the first message starts it. The list beside it."""
+    context = _chat_context(request, title=_("New conversation"), history=[], can_send=True)
+    return render(request, "botapp/chat.html", context)
 
 
 @with_csp
@@ -171,6 +215,7 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = _own_conversation(request, pk)
     history = list(selectors.conversation_messages(conversation=conversation).prefetch_related("media__usage"))
     first_question = next((m.content for m in history if m.role == Role.USER and m.content), "")
+    last_answer = next((m.pk for m in reversed(history) if m.role == Role.ASSISTANT), None)
     for message in history:
         if message.role == Role.ASSISTANT:
             calls = list(message.tool_calls.all())
@@ -181,24 +226,33 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 input_tokens=message.input_tokens, output_tokens=message.output_tokens, cost_usd=message.cost_usd
             )
             _with_media(message)
+            message.is_last_answer = message.pk == last_answer
     context = _chat_context(
         request,
-        conversation=conversation,
-        title=conversation.title or first_question[:80] or _("New conversation"),
-        untitled=not (conversation.title or first_question),
+        conversation,
+        title=display_title(conversation.title, first_question),
+        untitled=not conversation.title,
         history=history,
-        persona_form=ConversationPersonaForm(initial={"persona": conversation.persona_id}),
         can_send=conversation.channel == Channel.WEB,
-        max_chars=settings.MAX_MESSAGE_CHARS,
-        statuses=MessageStatus,
     )
     return render(request, "botapp/chat.html", context)
 
 
 @login_required
+@require_GET
+def conversation_title(request: HttpRequest, pk: int) -> JsonResponse:
+    """The conversation's title as the list shows it; `titled` once the title job (or the person) named it."""
+    conversation = _own_conversation(request, pk)
+    first_question = selectors.conversation_first_question(conversation=conversation)
+    return JsonResponse(
+        {"title": display_title(conversation.title, first_question), "titled": bool(conversation.title)}
+    )
+
+
+@login_required
 @require_POST
 def conversation_create(request: HttpRequest) -> HttpResponse:
-    """Start a web conversation with the chosen persona."""
+    """Start an empty web conversation with the chosen persona (the page without script)."""
     form = ConversationCreateForm(request.POST)
     if not form.is_valid():
         messages.error(request, _("Choose one of the offered personas to start a conversation."))
@@ -220,20 +274,41 @@ def conversation_rename_view(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("web:conversation", pk=conversation.pk)
 
 
+def _choice_answer(request: HttpRequest, conversation: Conversation, sentence: str, *, ok: bool) -> HttpResponse:
+    """A persona or model change answered as JSON to the page's script, or as a message after a redirect."""
+    if _wants_json(request):
+        return JsonResponse({"message": sentence}, status=200 if ok else 400)
+    (messages.success if ok else messages.error)(request, sentence)
+    return redirect("web:conversation", pk=conversation.pk)
+
+
 @login_required
 @require_POST
 def conversation_persona_view(request: HttpRequest, pk: int) -> HttpResponse:
     """Answer as another persona from the next message on."""
     conversation = _own_conversation(request, pk)
     form = ConversationPersonaForm(request.POST)
-    if form.is_valid():
-        conversation_persona_change(conversation=conversation, persona=form.cleaned_data["persona"])
-        messages.success(
-            request, _("Jarvis now answers as %(persona)s in this conversation.") % {"persona": conversation.persona}
-        )
+    if not form.is_valid():
+        return _choice_answer(request, conversation, _("Choose one of the offered personas."), ok=False)
+    conversation_persona_set(conversation=conversation, persona=form.cleaned_data["persona"])
+    sentence = _("Jarvis now answers as %(persona)s in this conversation.") % {"persona": conversation.persona}
+    return _choice_answer(request, conversation, sentence, ok=True)
+
+
+@login_required
+@require_POST
+def conversation_model_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Answer with another of the offered models from the next message on (empty: the persona's model)."""
+    conversation = _own_conversation(request, pk)
+    try:
+        conversation_model_set(conversation=conversation, model=request.POST.get("model", ""))
+    except ChoiceError as exc:
+        return _choice_answer(request, conversation, str(exc), ok=False)
+    if conversation.model:
+        sentence = _("The next answers come from %(model)s.") % {"model": conversation.model}
     else:
-        messages.error(request, _("Choose one of the offered personas."))
-    return redirect("web:conversation", pk=conversation.pk)
+        sentence = _("The next answers come from the persona's model.")
+    return _choice_answer(request, conversation, sentence, ok=True)
 
 
 @login_required
@@ -246,6 +321,26 @@ def conversation_delete_view(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("web:home")
 
 
+EXPORTS = {
+    "md": (conversations_export_markdown, "text/markdown; charset=utf-8"),
+    "json": (conversations_export_json, "application/json; charset=utf-8"),
+}
+
+
+@login_required
+@require_GET
+def conversation_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+    """Download one's own conversation as Markdown or JSON (the admin's exporters, for one conversation)."""
+    conversation = _own_conversation(request, pk)
+    if fmt not in EXPORTS:
+        raise Http404(_("No such export format."))
+    export, content_type = EXPORTS[fmt]
+    response = HttpResponse(export(ids=[conversation.pk]), content_type=content_type)
+    name = slugify(conversation.title, allow_unicode=True) or f"conversation-{conversation.pk}"
+    response["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name, safe='')}.{fmt}"
+    return response
+
+
 # --- Sending and streaming ----------------------------------------------------------------------
 
 
@@ -253,24 +348,54 @@ def _event(kind: str, **data: Any) -> bytes:
     return (json.dumps({"type": kind, **data}, ensure_ascii=False) + "\n").encode()
 
 
-async def _answer_events(turn: Turn) -> AsyncIterator[bytes]:
+async def _answer_events(turn: Turn, *, start: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
     """The answer as NDJSON events; if the client goes away, Django cancels this and the answer stops."""
-    yield _event("start", message_id=turn.reply.pk, question_id=turn.user_message.pk)
+    yield _event("start", message_id=turn.reply.pk, question_id=turn.user_message.pk, **(start or {}))
+    loop = asyncio.get_running_loop()
+    text = rendered = ""
+    render_at = 0.0
     # aclosing: however this generator ends (cancelled, closed), the answer's own cleanup runs right away.
     async with aclosing(turn_answer_stream(turn)) as stream:
-        async for item in stream:
-            if isinstance(item, ToolEvent):
-                yield _tool_event(item)
-            elif not isinstance(item, StreamEnd):
-                yield _event("delta", text=item)
-            elif item.reply is not None:
-                pictures = []
-                if drew_pictures(item.reply.tool_calls):
-                    pictures = await sync_to_async(answer_pictures)(item.reply.message.pk)
-                yield _done_event(item.reply, pictures)
-            else:
-                partial = getattr(item.error, "partial", "")
-                yield _event("error", message=str(item.error), html=str(markdown_to_html(partial)) if partial else "")
+        upcoming: asyncio.Future[str | StreamEnd] | None = None
+        try:
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(stream))
+                # Text not shown as HTML yet is rendered when its time comes, even if the model pauses.
+                wait = None if text == rendered else max(render_at - loop.time(), 0.0)
+                done, _pending = await asyncio.wait({upcoming}, timeout=wait)
+                if done:
+                    item = upcoming.result()
+                    upcoming = None
+                    if isinstance(item, ToolEvent):
+                        yield _tool_event(item)
+                        continue
+                    if isinstance(item, StreamEnd):
+                        yield await _end_event(item)
+                        return
+                    text += item
+                    yield _event("delta", text=item)
+                if text != rendered and loop.time() >= render_at:
+                    started = time.perf_counter()
+                    html = str(markdown_to_html(text))
+                    cost = time.perf_counter() - started
+                    rendered, render_at = text, loop.time() + max(RENDER_INTERVAL, cost * RENDER_COST_FACTOR)
+                    yield _event("render", html=html)
+        finally:
+            if upcoming is not None and not upcoming.done():
+                upcoming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await upcoming
+
+
+async def _end_event(item: StreamEnd) -> bytes:
+    if item.reply is not None:
+        pictures = []
+        if drew_pictures(item.reply.tool_calls):
+            pictures = await sync_to_async(answer_pictures)(item.reply.message.pk)
+        return _done_event(item.reply, pictures)
+    partial = getattr(item.error, "partial", "")
+    return _event("error", message=str(item.error), html=str(markdown_to_html(partial)) if partial else "")
 
 
 def _tool_event(event: ToolEvent) -> bytes:
@@ -302,39 +427,44 @@ def _done_event(reply: Reply, pictures: list[MediaFile]) -> bytes:
     )
 
 
-async def _own_conversation_async(user: AbstractBaseUser, pk: int) -> Conversation:
-    try:
-        return await Conversation.objects.select_related("persona", "bot", "user").aget(pk=pk, user=user)
-    except Conversation.DoesNotExist as exc:
-        raise Http404(_("No such conversation.")) from exc
-
-
-@login_required
-@require_POST
-async def message_send(request: HttpRequest, pk: int) -> HttpResponse:
-    """Store the message, then stream the answer; refusals before the model is called are a JSON error."""
-    user = await request.auser()
-    conversation = await _own_conversation_async(user, pk)
-    if conversation.channel != Channel.WEB:
-        return JsonResponse(
-            {"type": "error", "message": _("This conversation happens in Telegram: continue it there.")}, status=409
-        )
-    text = request.POST.get("text", "")
-    time_zone = request.POST.get("tz", "")
-    if time_zone and time_zone != await request.session.aget("time_zone"):
-        # The browser's time zone: what "now" means for this person (the date and time tool). Checked once a session.
-        await sync_to_async(profile_time_zone_set)(user=user, time_zone=time_zone)
-        await request.session.aset("time_zone", time_zone)
-    try:
-        turn = await sync_to_async(turn_accept)(conversation=conversation, text=text, sender=user)
-    except ReplyRefused as refusal:
-        logger.info("Message to conversation %s refused before storing: %s", conversation.pk, refusal)
-        return JsonResponse({"type": "error", "message": str(refusal)}, status=400)
-    response = StreamingHttpResponse(_answer_events(turn), content_type="application/x-ndjson; charset=utf-8")
+def _stream(turn: Turn, *, start: dict[str, Any] | None = None) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        _answer_events(turn, start=start), content_type="application/x-ndjson; charset=utf-8"
+    )
     # Proxies must pass each line on at once rather than collect the whole answer.
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+class _ReadOnly(ReplyRefused):
+    """A Telegram conversation shown on the web page: answers would not reach Telegram."""
+
+
+async def _own_web_conversation(user: AbstractBaseUser, pk: int) -> Conversation:
+    """The person's web conversation to write to; a Telegram one is refused (answers would not reach Telegram)."""
+    try:
+        conversation = await Conversation.objects.select_related("persona", "bot", "user").aget(pk=pk, user=user)
+    except Conversation.DoesNotExist as exc:
+        raise Http404(_("No such conversation.")) from exc
+    if conversation.channel != Channel.WEB:
+        raise _ReadOnly(_("This conversation happens in Telegram: continue it there."))
+    return conversation
+
+
+def _conversation_writes(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a refusal before anything was stored into a JSON error the page shows above the message box."""
+
+    @wraps(view)
+    async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return await view(request, *args, **kwargs)
+        except ReplyRefused as refusal:
+            logger.info("Request to %s refused before storing: %s", request.path, refusal)
+            status = 409 if isinstance(refusal, _ReadOnly) else 400
+            return JsonResponse({"type": "error", "message": str(refusal)}, status=status)
+
+    return wrapped
 
 
 # --- Pictures and speech ------------------------------------------------------------------------
@@ -402,12 +532,11 @@ def _json_error(message: str, status: int = 400, **extra: Any) -> JsonResponse:
 
 @login_required
 @require_POST
+@_conversation_writes
 async def image_send(request: HttpRequest, pk: int) -> HttpResponse:
     """Draw a picture ("/image PROMPT" or the Draw button), or change one of the conversation's (`edit_of`)."""
     user = await request.auser()
-    conversation = await _own_conversation_async(user, pk)
-    if conversation.channel != Channel.WEB:
-        return _json_error(_("This conversation happens in Telegram: continue it there."), 409)
+    conversation = await _own_web_conversation(user, pk)
     text = request.POST.get("text", "").strip()
     prompt = media.image_command(text)
     if prompt is None:
@@ -423,10 +552,7 @@ async def image_send(request: HttpRequest, pk: int) -> HttpResponse:
         if picture is None:
             return _json_error(_("That picture is no longer in this conversation. Reload the page."))
         source = await sync_to_async(media.image_source_from_media)(picture)
-    try:
-        turn = await sync_to_async(turn_accept)(conversation=conversation, text=text, sender=user)
-    except ReplyRefused as refusal:
-        return _json_error(str(refusal))
+    turn = await sync_to_async(turn_accept)(conversation=conversation, text=text, sender=user)
     ids = {"question_id": turn.user_message.pk, "message_id": turn.reply.pk}
     try:
         drawn = await _finish_even_if_gone(turn_draw(turn, prompt=prompt, source=source))
@@ -434,6 +560,86 @@ async def image_send(request: HttpRequest, pk: int) -> HttpResponse:
         return JsonResponse({"type": "error", "message": str(error), **ids})
     meta = picture_meta(drawn.usage.cost_usd)
     return JsonResponse({"type": "done", "picture": picture_payload(drawn.media), "meta": meta, **ids})
+
+
+@login_required
+@require_POST
+@_conversation_writes
+async def message_send(request: HttpRequest, pk: int) -> HttpResponse:
+    """Store the message, then stream the answer; refusals before the model is called are a JSON error."""
+    user = await request.auser()
+    conversation = await _own_web_conversation(user, pk)
+    await _time_zone_note(request, user)
+    turn = await sync_to_async(turn_accept)(conversation=conversation, text=request.POST.get("text", ""), sender=user)
+    return _stream(turn)
+
+
+async def _time_zone_note(request: HttpRequest, user: AbstractBaseUser) -> None:
+    """The browser's time zone: what "now" means for this person (the date and time tool). Checked once a session."""
+    time_zone = request.POST.get("tz", "")
+    if time_zone and time_zone != await request.session.aget("time_zone"):
+        await sync_to_async(profile_time_zone_set)(user=user, time_zone=time_zone)
+        await request.session.aset("time_zone", time_zone)
+
+
+def _start_with_message(*, user: AbstractBaseUser, text: str, persona_id: str, model: str) -> Turn:
+    """A new web conversation and its first turn, stored together: a refused message leaves no empty conversation."""
+    validate_text(text)
+    persona = selectors.personas_offered().filter(pk=persona_id).first() if persona_id.isdigit() else None
+    with transaction.atomic():
+        conversation = conversation_start(user=user, channel=Channel.WEB, persona=persona)
+        if model:
+            try:
+                conversation_model_set(conversation=conversation, model=model)
+            except ChoiceError as exc:
+                raise ReplyRefused(str(exc)) from exc
+        return turn_accept(conversation=conversation, text=text, sender=user)
+
+
+@login_required
+@require_POST
+@_conversation_writes
+async def conversation_start_send(request: HttpRequest) -> HttpResponse:
+    """The first message from the home page: start the conversation (default persona unless chosen), then answer."""
+    user = await request.auser()
+    text = request.POST.get("text", "")
+    await _time_zone_note(request, user)
+    turn = await sync_to_async(_start_with_message)(
+        user=user, text=text, persona_id=request.POST.get("persona", ""), model=request.POST.get("model", "")
+    )
+    conversation = turn.conversation
+    start = {
+        "conversation": {
+            "id": conversation.pk,
+            "url": reverse("web:conversation", args=[conversation.pk]),
+            "title": display_title("", text),
+        }
+    }
+    return _stream(turn, start=start)
+
+
+@login_required
+@require_POST
+@_conversation_writes
+async def answer_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
+    """Answer the last question again; the answer it replaces stays on record as superseded."""
+    user = await request.auser()
+    conversation = await _own_web_conversation(user, pk)
+    turn = await sync_to_async(turn_retry)(conversation=conversation)
+    return _stream(turn)
+
+
+@login_required
+@require_POST
+@_conversation_writes
+async def message_edit(request: HttpRequest, pk: int, message_id: int) -> HttpResponse:
+    """Ask a question again in other words: it and what followed are superseded, the new wording answered."""
+    user = await request.auser()
+    conversation = await _own_web_conversation(user, pk)
+    turn = await sync_to_async(turn_edit)(
+        conversation=conversation, message_id=message_id, text=request.POST.get("text", ""), sender=user
+    )
+    return _stream(turn)
 
 
 @login_required
@@ -556,6 +762,11 @@ def usage(request: HttpRequest) -> HttpResponse:
         }
         for period in budget_periods(user=request.user)
     ]
+    for budget in budgets:
+        if budget["limit_value"]:
+            # <meter> turns its bar from good to bad colours as the budget is spent.
+            budget["meter_low"] = budget["limit_value"] / 2
+            budget["meter_high"] = budget["limit_value"] * Decimal("0.9")
     context = {
         "nav": "usage",
         "days": days,
@@ -597,3 +808,12 @@ def link_telegram(request: HttpRequest) -> HttpResponse:
             return redirect("web:home")
     identity = TelegramIdentity.objects.filter(user=request.user).first()
     return render(request, "botapp/link.html", {"nav": "link", "form": form, "identity": identity})
+
+
+# --- Odds and ends ------------------------------------------------------------------------------
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on every site; it is the page's own icon."""
+    return HttpResponseRedirect(static("jarvis/favicon.svg"))

@@ -170,7 +170,18 @@
     return figure;
   }
 
+  // The conversation's address is known once its first message started it (app.js keeps it on the section).
+  function imageUrl() {
+    const url = document.getElementById("conversation").dataset.conversationUrl;
+    return url ? url + "image/" : "";
+  }
+
   async function draw(text) {
+    if (!imageUrl()) {
+      textarea.value = text;
+      showAlert(form.dataset.msgDrawFirst);
+      return;
+    }
     const message = IMAGE_COMMAND.test(text) ? text : "/image " + text;
     // A new conversation is known by its first question until it gets a title (as app.js does for chat).
     const heading = document.querySelector(".conversation-head h1[data-untitled]");
@@ -198,7 +209,7 @@
       button.disabled = true;
     });
     try {
-      const result = await post(form.dataset.imageUrl, data);
+      const result = await post(imageUrl(), data);
       const payload = result.payload || {};
       if (!payload.question_id) {
         // Refused before anything was stored: give the text back to fix.

@@ -6,12 +6,16 @@ async tests and a bot running in a separate process can all use it at once. Seve
 served side by side; each has its own bot user, update queue, chats, messages and files.
 
 Tests inject updates with `push_text`, `push_voice`, ... `push_update`, inspect what the bot did with
-`calls()` and `messages()`, and wait for it with `wait_for` / `await_for`. `fail_next` and
+`calls()`, `messages()` and `drafts()`, and wait for it with `wait_for` / `await_for`. `fail_next` and
 `set_rate_limit` make the server answer the way Telegram does when things go wrong (429 with
 `retry_after`, 400 for bad entities). HTML sent with `parse_mode=HTML` is parsed like Telegram parses it
 (a port of TDLib's `parse_html`), so invalid markup gets Telegram's own error text. With
 `strict_html=True` (the default) it is stricter than Telegram in one respect: a bare `&` or `>` in text
 is refused too, because Telegram's documentation requires them escaped even though its parser forgives.
+
+`sendMessageDraft` (Bot API 9.5) works in private chats; `FakeTelegram(drafts=False)` is a Bot API server from
+before it, which answers the method with 404 "Not Found" as Telegram answers any unknown method. Drafts are
+not rate-limited here (Telegram documents no limit for them).
 
 Run standalone with `python -m tests.fakes.telegram_server --port N --token T`; it prints its root URL.
 The `/_fake/...` routes then let another process push updates and read what the bot did.
@@ -412,6 +416,17 @@ class ChatMessage:
 
 
 @dataclass
+class Draft:
+    """One sendMessageDraft call: the partial text a private chat was shown."""
+
+    draft_id: int
+    text: str  # after entity parsing
+    raw: str
+    parse_mode: str | None
+    time: float
+
+
+@dataclass
 class _File:
     file_id: str
     file_unique_id: str
@@ -441,6 +456,7 @@ class _Bot:
     commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     webhook_url: str = ""
     last_write: dict[ChatKey, float] = field(default_factory=dict)
+    drafts: dict[ChatKey, list[Draft]] = field(default_factory=dict)
 
 
 @dataclass
@@ -582,11 +598,18 @@ class FakeTelegram:
     """The fake Bot API: an aiohttp server in a background thread, plus thread-safe test helpers."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, strict_html: bool = True, tokens: Iterable[str] = ()
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        strict_html: bool = True,
+        tokens: Iterable[str] = (),
+        drafts: bool = True,
     ) -> None:
         self.host = host
         self.port = port
         self.strict_html = strict_html
+        self.drafts_supported = drafts
         self._cond = threading.Condition(threading.RLock())
         self._bots: dict[str, _Bot] = {}
         self._calls: list[ApiCall] = []
@@ -1172,6 +1195,11 @@ class FakeTelegram:
                 if (include_user or message.from_bot) and (include_deleted or not message.deleted)
             ]
 
+    def drafts(self, token: str, chat_id: int | str) -> list[Draft]:
+        """Every draft the bot showed in a chat (oldest first), whether or not a message replaced it since."""
+        with self._cond:
+            return copy.deepcopy(self._bot(token).drafts.get(_chat_key(chat_id), []))
+
     def pending_updates(self, token: str) -> list[dict[str, Any]]:
         """Updates queued for the bot and not yet confirmed by a getUpdates offset."""
         with self._cond:
@@ -1502,6 +1530,25 @@ class FakeTelegram:
     def _m_get_me(self, bot: _Bot, params: dict[str, Any]) -> Any:
         return dict(bot.user)
 
+    def _m_send_message_draft(self, bot: _Bot, params: dict[str, Any]) -> Any:
+        if not self.drafts_supported:
+            raise _ApiError(404, "Not Found")
+        chat_id = self._target_chat(bot, params)
+        if not isinstance(chat_id, int) or chat_id <= 0:
+            raise _ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
+        try:
+            draft_id = int(params.get("draft_id") or 0)
+        except (TypeError, ValueError):
+            draft_id = 0
+        if draft_id == 0:
+            raise _ApiError(400, "Bad Request: parameter draft_id must be non-zero")
+        if params.get("text") in (None, ""):
+            raw, visible, mode = "", "", None  # an empty draft shows "Thinking..."
+        else:
+            raw, visible, mode, _entities = self._format(params, "text", "parse_mode", "entities", MESSAGE_LIMIT)
+        bot.drafts.setdefault(chat_id, []).append(Draft(draft_id, visible, raw, mode, time.time()))
+        return True
+
     def _m_send_message(self, bot: _Bot, params: dict[str, Any]) -> Any:
         chat_id = self._target_chat(bot, params)
         raw, visible, mode, entities = self._format(params, "text", "parse_mode", "entities", MESSAGE_LIMIT)
@@ -1709,6 +1756,7 @@ class FakeTelegram:
     _handlers: ClassVar[dict[str, Callable[[FakeTelegram, _Bot, dict[str, Any]], Any]]] = {
         "getme": _m_get_me,
         "sendmessage": _m_send_message,
+        "sendmessagedraft": _m_send_message_draft,
         "editmessagetext": _m_edit_message_text,
         "editmessagecaption": _m_edit_message_caption,
         "editmessagereplymarkup": _m_edit_message_reply_markup,
@@ -1732,7 +1780,7 @@ class FakeTelegram:
     _names: ClassVar[dict[str, str]] = {
         name.lower(): name
         for name in (
-            "getMe", "getUpdates", "sendMessage", "editMessageText", "editMessageCaption",
+            "getMe", "getUpdates", "sendMessage", "sendMessageDraft", "editMessageText", "editMessageCaption",
             "editMessageReplyMarkup", "deleteMessage", "deleteMessages", "sendChatAction", "getFile",
             "answerInlineQuery", "answerCallbackQuery", "setMyCommands", "getMyCommands",
             "deleteMyCommands", "setWebhook", "deleteWebhook", "getWebhookInfo", "getChat", "close",
@@ -1791,9 +1839,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", action="append", default=[], help="bot token to serve (repeatable)")
     parser.add_argument("--lenient-html", action="store_true", help="accept bare & and > like Telegram")
+    parser.add_argument("--no-drafts", action="store_true", help="act as a Bot API server without sendMessageDraft")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    fake = FakeTelegram(args.host, args.port, strict_html=not args.lenient_html, tokens=args.token)
+    fake = FakeTelegram(
+        args.host, args.port, strict_html=not args.lenient_html, tokens=args.token, drafts=not args.no_drafts
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
