@@ -9,6 +9,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
@@ -24,6 +25,8 @@ from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
 from botapp import llm
+from botapp.documents import context as documents_context
+from botapp.documents import services as documents_services
 from botapp.models import (
     Bot,
     Channel,
@@ -79,6 +82,8 @@ class Reply:
     message: Message
     usage: UsageRecord | None
     text: str
+    # Documents the answer was built on, to cite under it.
+    sources: list[documents_context.Source] = dataclass_field(default_factory=list)
 
 
 # --- Writing the question down --------------------------------------------------------------------
@@ -109,7 +114,7 @@ def turn_accept(
         sender=sender or conversation.user,
         content=text,
         attachments=list(attachments),
-        token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
+        token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(_images(attachments)),
         telegram_message_id=telegram_message_id,
         created_at=now,
     )
@@ -121,6 +126,65 @@ def turn_accept(
         Message.objects.bulk_create([user_message, reply])
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     return Turn(conversation=conversation, user_message=user_message, reply=reply)
+
+
+def _images(attachments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [attachment for attachment in attachments if attachment.get("url")]
+
+
+@dataclass
+class DocumentsAccepted:
+    """A message that carried documents, the documents (queued for indexing), and the turn if it asked something."""
+
+    message: Message
+    documents: list[Any]
+    turn: Turn | None
+
+
+def documents_accept(
+    *,
+    conversation: Conversation,
+    uploads: Sequence[documents_services.Upload],
+    text: str = "",
+    sender: AbstractBaseUser | None = None,
+    telegram_message_id: int | None = None,
+) -> DocumentsAccepted:
+    """Store a message with its files, queued for indexing, in one transaction; with text, a pending answer too.
+
+    The text (a Telegram caption) is answered once the files are read; files alone wait for the next message.
+    """
+    sender = sender or conversation.user
+    model = conversation.effective_model
+    now = timezone.now()
+    message = Message(
+        conversation=conversation,
+        role=Role.USER,
+        sender=sender,
+        content=text or "",
+        token_count=llm.count_tokens(text or "", model=model),
+        telegram_message_id=telegram_message_id,
+        created_at=now,
+    )
+    reply = None
+    if (text or "").strip():
+        reply = Message(
+            conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
+        )
+    try:
+        with transaction.atomic():
+            Message.objects.bulk_create([message] if reply is None else [message, reply])
+            documents = documents_services.conversation_documents_create(
+                conversation=conversation, message=message, uploads=uploads, uploaded_by=sender
+            )
+            message.attachments = [
+                {"type": "document", "document_id": document.pk, "name": document.file_name} for document in documents
+            ]
+            message.save(update_fields=["attachments"])
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    except ValueError as refusal:
+        raise ReplyRefused(str(refusal)) from refusal
+    turn = Turn(conversation=conversation, user_message=message, reply=reply) if reply is not None else None
+    return DocumentsAccepted(message=message, documents=documents, turn=turn)
 
 
 def turn_retry(*, conversation: Conversation) -> Turn:
@@ -188,11 +252,20 @@ class _Row(NamedTuple):
 def _as_chat_message(message: _Row, *, with_images: bool) -> dict[str, Any]:
     if not message.attachments:
         return {"role": message.role, "content": message.content}
+    images = _images(message.attachments)
+    content = message.content
+    files = [attachment["name"] for attachment in message.attachments if attachment.get("type") == "document"]
+    if files:
+        # The files themselves reach the model through the documents' context message.
+        note = _("[sent the document(s): %(names)s]") % {"names": ", ".join(files)}
+        content = f"{content}\n{note}".strip()
+    if not images:
+        return {"role": message.role, "content": content}
     if not with_images:
-        note = _("[%(count)d image(s) sent earlier]") % {"count": len(message.attachments)}
-        return {"role": message.role, "content": f"{message.content}\n{note}".strip()}
-    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-    for attachment in message.attachments:
+        note = _("[%(count)d image(s) sent earlier]") % {"count": len(images)}
+        return {"role": message.role, "content": f"{content}\n{note}".strip()}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+    for attachment in images:
         parts.append({"type": "image_url", "image_url": {"url": attachment["url"], "detail": "low"}})
     return {"role": message.role, "content": parts}
 
@@ -208,6 +281,8 @@ class Context:
     price: ModelPrice | None
     # Older history was left out: time for the summary job.
     history_trimmed: bool
+    # The documents (or parts) sent with the question, to cite under the answer.
+    sources: list[documents_context.Source] = dataclass_field(default_factory=list)
 
 
 def context_build(turn: Turn) -> Context:
@@ -227,6 +302,21 @@ def context_build(turn: Turn) -> Context:
     price = price_in_force(model=model)
     budget = context_budget(model=model, max_output_tokens=max_output, price=price)
     used = llm.count_message_tokens(head, model=model)
+    # Documents get their share of what the question leaves; the history fills the rest.
+    spare = budget - used - turn.user_message.token_count - llm.TOKENS_PER_MESSAGE
+    documents = documents_context.context_for_question(
+        conversation=conversation,
+        persona=persona,
+        question=turn.user_message,
+        reply=turn.reply,
+        model=model,
+        budget=int(max(spare, 0) * documents_context.DOCUMENT_SHARE),
+    )
+    if documents is not None:
+        if documents.refusal:
+            raise ReplyRefused(documents.refusal)
+        head += documents.messages
+        used += documents.tokens
     rows = (
         Message.objects.filter(
             conversation_id=conversation.pk,
@@ -268,6 +358,7 @@ def context_build(turn: Turn) -> Context:
         input_tokens=used,
         price=price,
         history_trimmed=history_trimmed,
+        sources=documents.sources if documents is not None else [],
     )
 
 
@@ -512,7 +603,7 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
                 raise ReplyFailed(str(exc), partial=text) from exc
             text = "".join(parts)
             record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
-            return Reply(message=turn.reply, usage=record, text=text)
+            return Reply(message=turn.reply, usage=record, text=text, sources=context.sources)
         finally:
             keeper.cancel()
             if not stored:

@@ -325,6 +325,7 @@ class UsageKind(models.TextChoices):
     TRANSCRIPTION = "transcription", _("Transcription")
     SUMMARY = "summary", _("Summary")
     TITLE = "title", _("Title")
+    EMBEDDING = "embedding", _("Embedding")
 
 
 class UsageStatus(models.TextChoices):
@@ -541,3 +542,13 @@ class UsageDailyPersonTotal(_DailySums):
 
     def __str__(self) -> str:
         return f"{self.day} person {self.user_id}"
+
+
+# Documents and knowledge bases live in their own module; imported here so Django finds their models.
+from botapp.documents.models import (  # noqa: E402, F401
+    Document,
+    DocumentChunk,
+    DocumentFile,
+    KnowledgeBase,
+    MessageExcerpt,
+)

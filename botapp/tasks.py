@@ -446,3 +446,13 @@ def messages_retention() -> str:
         f"Retention ({days} days): {messages} message(s) and {conversations} conversation(s) {verb}, "
         f"{updates} stored Telegram update(s) deleted."
     )
+
+
+# --- Documents ----------------------------------------------------------------------------------
+
+
+def document_ingest(document_id: int) -> str:
+    """Read, chunk, index and embed an uploaded file (queued by botapp.documents.services)."""
+    from botapp.documents.ingest import document_ingest as ingest
+
+    return ingest(document_id)

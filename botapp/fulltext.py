@@ -1,0 +1,262 @@
+"""Full-text search in the database itself, for any table: SQLite FTS5 or PostgreSQL tsvector, CJK included.
+
+Neither database segments Chinese, and PostgreSQL has no Chinese parser, so Python analyses the text the
+same way for both: NFKC, case-folded, diacritics dropped; Latin words stemmed (Snowball English); runs of
+Chinese or Japanese characters cut into overlapping bigrams, the usual n-gram approach to CJK retrieval
+(no dictionary to ship, no word list to keep up to date). The database indexes and ranks those terms.
+
+An index is a side table keyed by the id of the rows it indexes (`FullTextIndex`), written and deleted
+explicitly (`index_add`, `index_remove`) rather than by triggers, so schema changes of the indexed table
+(which SQLite makes by copying the table) cannot lose it. To index another table, e.g. messages:
+
+    MESSAGES = FullTextIndex("botapp_message_fts")
+    # in a migration:   fulltext.create_operation(MESSAGES)
+    # when writing:     fulltext.index_add(MESSAGES, [(message.pk, message.content)])
+    # when searching:   fulltext.search(MESSAGES, "年假 policy", within=Message.objects.filter(sender=person))
+
+`search` returns (id, score) pairs, best first; `within` (any queryset of the indexed model) limits the
+search to its rows. Terms found in very many rows are left out of the query when rarer ones exist: they
+say little about relevance and would make every query scan most of the index.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from math import log
+
+import snowballstemmer
+from django.db import connection, migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.models import QuerySet
+
+# Hiragana, katakana, CJK extension A, unified ideographs, compatibility ideographs, extensions B and on.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_TOKEN = re.compile(rf"([{_CJK}]+)|([^\W_{_CJK}]+)")
+_MAX_WORD = 40
+# A term in more rows than this is "common" and dropped from the query when the query has rarer terms.
+COMMON_ROWS = 2000
+INSERT_BATCH = 500
+
+_stemmer = snowballstemmer.stemmer("english")
+
+
+@dataclass(frozen=True)
+class FullTextIndex:
+    """A full-text index over the rows of one table, stored in the side table `name`."""
+
+    name: str
+
+
+# --- Analysis -----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=100_000)
+def _word(word: str) -> str:
+    if not word.isascii():
+        word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    return _stemmer.stemWord(word) if word.isalpha() else word
+
+
+def _terms(text: str, *, query: bool) -> list[str]:
+    terms: list[str] = []
+    for cjk, word in _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold()):
+        if word:
+            if len(word) <= _MAX_WORD:
+                terms.append(_word(word))
+        elif len(cjk) == 1:
+            # A lone character is indexed as itself; asked alone, it also finds the bigrams it starts.
+            terms.append(cjk + "*" if query else cjk)
+        else:
+            terms.extend(cjk[i : i + 2] for i in range(len(cjk) - 1))
+    return terms
+
+
+def analyse(text: str) -> str:
+    """The terms of `text` as the index stores them, separated by spaces."""
+    return " ".join(_terms(text, query=False))
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct terms of a query, in order; a term ending in "*" is a prefix."""
+    return list(dict.fromkeys(_terms(text, query=True)))
+
+
+# --- Schema -------------------------------------------------------------------------------------
+
+
+def create_sql(index: FullTextIndex, vendor: str) -> list[str]:
+    if vendor == "sqlite":
+        # The text is already analysed: unicode61 only splits it at the spaces (CJK bigrams stay whole).
+        return [f"CREATE VIRTUAL TABLE {index.name} USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0')"]
+    if vendor == "postgresql":
+        return [
+            f"CREATE TABLE {index.name} (id bigint PRIMARY KEY, terms tsvector NOT NULL)",
+            f"CREATE INDEX {index.name}_terms ON {index.name} USING gin (terms)",
+        ]
+    raise NotImplementedError(f"Full-text search is not implemented for {vendor}.")
+
+
+def drop_sql(index: FullTextIndex, vendor: str) -> list[str]:
+    return [f"DROP TABLE IF EXISTS {index.name}"]
+
+
+def create_operation(index: FullTextIndex) -> migrations.RunPython:
+    """A reversible migration operation that creates the index's side table for the database in use."""
+
+    def forward(apps: object, schema_editor: BaseDatabaseSchemaEditor) -> None:
+        for statement in create_sql(index, schema_editor.connection.vendor):
+            schema_editor.execute(statement)
+
+    def backward(apps: object, schema_editor: BaseDatabaseSchemaEditor) -> None:
+        for statement in drop_sql(index, schema_editor.connection.vendor):
+            schema_editor.execute(statement)
+
+    return migrations.RunPython(forward, backward)
+
+
+# --- Writing ------------------------------------------------------------------------------------
+
+
+def index_add(index: FullTextIndex, rows: Iterable[tuple[int, str]]) -> int:
+    """Index (id, text) rows; an id indexed before is replaced."""
+    batch: list[tuple[int, str]] = []
+    count = 0
+    for row_id, text in rows:
+        batch.append((row_id, analyse(text)))
+        if len(batch) >= INSERT_BATCH:
+            count += _insert(index, batch)
+            batch = []
+    if batch:
+        count += _insert(index, batch)
+    return count
+
+
+def _insert(index: FullTextIndex, batch: Sequence[tuple[int, str]]) -> int:
+    ids = [row_id for row_id, _terms in batch]
+    with connection.cursor() as cursor:
+        _delete_ids(cursor, index, ids)
+        if connection.vendor == "sqlite":
+            cursor.executemany(f"INSERT INTO {index.name} (rowid, terms) VALUES (%s, %s)", batch)  # noqa: S608
+        else:
+            values = ", ".join(["(%s, to_tsvector('simple', %s))"] * len(batch))
+            params = [value for row in batch for value in row]
+            cursor.execute(f"INSERT INTO {index.name} (id, terms) VALUES {values}", params)  # noqa: S608
+    return len(batch)
+
+
+def _id_column(index: FullTextIndex) -> str:
+    return "rowid" if connection.vendor == "sqlite" else "id"
+
+
+def _delete_ids(cursor: object, index: FullTextIndex, ids: Sequence[int]) -> None:
+    placeholders = ", ".join(["%s"] * len(ids))
+    cursor.execute(f"DELETE FROM {index.name} WHERE {_id_column(index)} IN ({placeholders})", list(ids))  # noqa: S608
+
+
+def index_remove(index: FullTextIndex, *, within: QuerySet) -> None:
+    """Forget the rows of `within` (call before deleting them)."""
+    sql, params = within.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {index.name} WHERE {_id_column(index)} IN ({sql})", params)  # noqa: S608
+
+
+# --- Searching ----------------------------------------------------------------------------------
+
+
+def _match(term: str, vendor: str) -> str:
+    """One term as a query of the backend; terms are analyser output (letters, digits, CJK) plus "*"."""
+    prefix = term.endswith("*")
+    word = term.rstrip("*")
+    if vendor == "sqlite":
+        return f'"{word}"' + ("*" if prefix else "")
+    return f"'{word}'" + (":*" if prefix else "")
+
+
+def _rows_with(cursor: object, index: FullTextIndex, term: str) -> int:
+    """How many rows hold `term`, counted up to COMMON_ROWS + 1 (enough to tell rare from common)."""
+    vendor = connection.vendor
+    if vendor == "sqlite":
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM {index.name} WHERE {index.name} MATCH %s LIMIT %s)"  # noqa: S608
+    else:
+        sql = (
+            f"SELECT count(*) FROM (SELECT 1 FROM {index.name} "  # noqa: S608
+            "WHERE terms @@ to_tsquery('simple', %s) LIMIT %s) AS found"
+        )
+    cursor.execute(sql, [_match(term, vendor), COMMON_ROWS + 1])
+    return cursor.fetchone()[0]
+
+
+def _size(cursor: object, index: FullTextIndex) -> int:
+    """The number of rows indexed, estimated from the id range (cheap on both databases)."""
+    column = _id_column(index)
+    cursor.execute(f"SELECT min({column}), max({column}) FROM {index.name}")  # noqa: S608
+    low, high = cursor.fetchone()
+    return 0 if low is None else high - low + 1
+
+
+def search(
+    index: FullTextIndex, text: str, *, within: QuerySet | None = None, limit: int = 50
+) -> list[tuple[int, float]]:
+    """The ids of the rows that best match `text` (any of its terms), best first, with their scores."""
+    terms = query_terms(text)
+    if not terms:
+        return []
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        counts = {term: _rows_with(cursor, index, term) for term in terms}
+        found = {term: n for term, n in counts.items() if n}
+        if not found:
+            return []
+        rare = {term: n for term, n in found.items() if n <= COMMON_ROWS}
+        chosen = rare or found
+        scope_sql, scope_params = "", []
+        if within is not None:
+            sql, scope_params = within.order_by().values("pk").query.sql_with_params()
+            scope_sql = f" AND {_id_column(index)} IN ({sql})"
+        if vendor == "sqlite":
+            return _search_sqlite(cursor, index, list(chosen), scope_sql, list(scope_params), limit)
+        size = max(_size(cursor, index), max(found.values()), 1)
+        return _search_postgresql(cursor, index, chosen, size, scope_sql, list(scope_params), limit)
+
+
+def _search_sqlite(
+    cursor: object, index: FullTextIndex, terms: list[str], scope_sql: str, scope_params: list, limit: int
+) -> list[tuple[int, float]]:
+    # FTS5's bm25() weighs each term by its rarity; lower is better.
+    expression = " OR ".join(_match(term, "sqlite") for term in terms)
+    cursor.execute(
+        f"SELECT rowid, bm25({index.name}) AS score FROM {index.name} "  # noqa: S608
+        f"WHERE {index.name} MATCH %s{scope_sql} ORDER BY score LIMIT %s",
+        [expression, *scope_params, limit],
+    )
+    return [(row_id, -score) for row_id, score in cursor.fetchall()]
+
+
+def _search_postgresql(
+    cursor: object,
+    index: FullTextIndex,
+    counts: dict[str, int],
+    size: int,
+    scope_sql: str,
+    scope_params: list,
+    limit: int,
+) -> list[tuple[int, float]]:
+    # ts_rank knows no term rarity, so each matched term adds its inverse document frequency (BM25's idf),
+    # and ts_rank (how often and how close the terms occur) only breaks ties.
+    terms = list(counts)
+    weights = [max(log((size - n + 0.5) / (n + 0.5) + 1), 0.01) for n in counts.values()]
+    score = " + ".join(["%s * (terms @@ to_tsquery('simple', %s))::int"] * len(terms))
+    score_params: list[object] = []
+    for term, weight in zip(terms, weights, strict=True):
+        score_params += [weight, _match(term, "postgresql")]
+    everything = " | ".join(_match(term, "postgresql") for term in terms)
+    cursor.execute(
+        f"SELECT id, {score} + 0.01 * ts_rank(terms, to_tsquery('simple', %s)) AS score "  # noqa: S608
+        f"FROM {index.name} WHERE terms @@ to_tsquery('simple', %s){scope_sql} ORDER BY score DESC LIMIT %s",
+        [*score_params, everything, everything, *scope_params, limit],
+    )
+    return [(row_id, float(score)) for row_id, score in cursor.fetchall()]
