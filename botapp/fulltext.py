@@ -29,6 +29,7 @@ from functools import lru_cache
 from math import log
 
 import snowballstemmer
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, migrations
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.models import QuerySet
@@ -37,8 +38,10 @@ from django.db.models import QuerySet
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 _TOKEN = re.compile(rf"([{_CJK}]+)|([^\W_{_CJK}]+)")
 _MAX_WORD = 40
-# A term in more rows than this is "common" and dropped from the query when the query has rarer terms.
+# A term in more rows than this (or than COMMON_SHARE of a small index) is "common": it is dropped from the
+# query when the query has rarer terms.
 COMMON_ROWS = 2000
+COMMON_SHARE = 0.25
 INSERT_BATCH = 500
 
 _stemmer = snowballstemmer.stemmer("english")
@@ -159,7 +162,10 @@ def _delete_ids(cursor: object, index: FullTextIndex, ids: Sequence[int]) -> Non
 
 def index_remove(index: FullTextIndex, *, within: QuerySet) -> None:
     """Forget the rows of `within` (call before deleting them)."""
-    sql, params = within.order_by().values("pk").query.sql_with_params()
+    try:
+        sql, params = within.order_by().values("pk").query.sql_with_params()
+    except EmptyResultSet:
+        return
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {index.name} WHERE {_id_column(index)} IN ({sql})", params)  # noqa: S608
 
@@ -211,15 +217,19 @@ def search(
         found = {term: n for term, n in counts.items() if n}
         if not found:
             return []
-        rare = {term: n for term, n in found.items() if n <= COMMON_ROWS}
+        size = max(_size(cursor, index), max(found.values()), 1)
+        common = min(COMMON_ROWS, max(COMMON_SHARE * size, 5))
+        rare = {term: n for term, n in found.items() if n <= common}
         chosen = rare or found
         scope_sql, scope_params = "", []
         if within is not None:
-            sql, scope_params = within.order_by().values("pk").query.sql_with_params()
+            try:
+                sql, scope_params = within.order_by().values("pk").query.sql_with_params()
+            except EmptyResultSet:
+                return []
             scope_sql = f" AND {_id_column(index)} IN ({sql})"
         if vendor == "sqlite":
             return _search_sqlite(cursor, index, list(chosen), scope_sql, list(scope_params), limit)
-        size = max(_size(cursor, index), max(found.values()), 1)
         return _search_postgresql(cursor, index, chosen, size, scope_sql, list(scope_params), limit)
 
 

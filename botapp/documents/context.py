@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # The share of the tokens a question leaves that documents may take; the history gets the rest.
 DOCUMENT_SHARE = 0.6
 CANDIDATES = 40
-MAX_EXCERPTS = 12
+MAX_EXCERPTS = 10
 RRF_K = 60
 # A question this short ("and the second one?") is searched together with the question before it.
 SHORT_QUESTION_TERMS = 4

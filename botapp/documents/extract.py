@@ -193,18 +193,24 @@ def markdown_sections(text: str) -> list[Section]:
     path: list[tuple[int, str]] = []
     start = 0
     current = ""
-    for first, _after, level, title in headings:
+    heading_only = False
+    for first, after, level, title in headings:
         body = "\n".join(lines[start:first]).strip()
-        if body:
+        if body and not heading_only:
             sections.append(Section(text=body, heading=current))
+            start = first
+        # A heading right after a heading joins the next section's text rather than standing alone.
+        heading_only = not "\n".join(lines[after : _next_heading(headings, first)]).strip()
         path = [(lvl, name) for lvl, name in path if lvl < level] + [(level, title)]
         current = " › ".join(name for _lvl, name in path if name)[:500]
-        # The heading line starts its section's text, so the words of a title are found by a search too.
-        start = first
     body = "\n".join(lines[start:]).strip()
     if body:
         sections.append(Section(text=body, heading=current))
     return sections
+
+
+def _next_heading(headings: list[tuple[int, int, int, str]], first: int) -> int | None:
+    return next((start for start, _after, _level, _title in headings if start > first), None)
 
 
 _BLOCKS = frozenset(
@@ -370,6 +376,8 @@ def _docx(data: bytes, file_name: str) -> Extracted:
     heading = ""
     lines: list[str] = []
 
+    body = False
+
     def flush() -> None:
         text = "\n".join(lines).strip()
         if text:
@@ -381,12 +389,16 @@ def _docx(data: bytes, file_name: str) -> Extracted:
             text = block.text.strip()
             level = _heading_level(block)
             if level and text:
-                flush()
+                # A heading right after a heading joins the next section rather than standing alone.
+                if body:
+                    flush()
+                body = False
                 path = [(lvl, name) for lvl, name in path if lvl < level] + [(level, text)]
                 heading = " › ".join(name for _lvl, name in path)[:500]
                 lines.append(text)
             elif text:
                 lines.append(text)
+                body = True
         elif isinstance(block, Table):
             for row in block.rows:
                 cells = [" ".join(cell.text.split()) for cell in row.cells]
@@ -394,6 +406,7 @@ def _docx(data: bytes, file_name: str) -> Extracted:
                 unique = [cell for index, cell in enumerate(cells) if cell and cell not in cells[:index]]
                 if unique:
                     lines.append(" | ".join(unique))
+                    body = True
     flush()
     return Extracted(kind="docx", sections=sections)
 
