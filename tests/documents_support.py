@@ -34,12 +34,12 @@ def make_scanned_pdf(pages: int = 2) -> bytes:
     return bytes(pdf.output())
 
 
-def make_encrypted_pdf(text: str, password: str = "s3cret") -> bytes:
+def make_encrypted_pdf(text: str) -> bytes:
     reader = PdfReader(io.BytesIO(make_pdf([text])))
     writer = PdfWriter()
     for page in reader.pages:
         writer.add_page(page)
-    writer.encrypt(user_password=password, owner_password=password, algorithm="AES-128")
+    writer.encrypt(user_password="s3cret", owner_password="s3cret", algorithm="AES-128")
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
