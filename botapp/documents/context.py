@@ -99,10 +99,7 @@ def _scope(conversation: Conversation, persona: Persona | None) -> list[Document
     if persona is not None and persona.pk:
         scope |= Q(knowledge_base__personas=persona.pk)
     return list(
-        Document.objects.filter(scope)
-        .defer("summary", "sha256", "reason", "mime_type")
-        .order_by("created_at", "id")
-        .distinct()
+        Document.objects.filter(scope).defer("summary", "sha256", "mime_type").order_by("created_at", "id").distinct()
     )
 
 
@@ -130,6 +127,10 @@ def context_for_question(
             )
             % {"name": document.file_name, "progress": progress_label(document)}
         )
+    carried = [d for d in own if d.message_id == question.pk]
+    if carried and all(d.state == DocumentState.FAILED for d in carried):
+        # The question was about a file that could not be read: say why rather than answer without it.
+        return DocumentContext(refusal=carried[0].reason)
     ready = [d for d in documents if d.state == DocumentState.READY]
     if not ready:
         return None
