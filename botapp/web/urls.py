@@ -14,6 +14,8 @@ urlpatterns = [
     path("c/<int:pk>/rename/", views.conversation_rename_view, name="rename"),
     path("c/<int:pk>/persona/", views.conversation_persona_view, name="persona"),
     path("c/<int:pk>/delete/", views.conversation_delete_view, name="delete"),
+    path("c/<int:pk>/documents/", views.document_upload, name="documents"),
+    path("c/<int:pk>/documents/<int:document_id>/", views.document_status, name="document"),
     path("usage/", views.usage, name="usage"),
     path("link/", views.link_telegram, name="link"),
 ]

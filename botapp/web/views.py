@@ -27,6 +27,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
@@ -38,9 +39,14 @@ from botapp.conversations import (
     StreamEnd,
     Turn,
     conversation_start,
+    documents_accept,
     turn_accept,
     turn_answer_stream,
 )
+from botapp.documents.context import sources_html, sources_of
+from botapp.documents.models import Document
+from botapp.documents.progress import documents_of, progress_json
+from botapp.documents.services import Upload, upload_refusal
 from botapp.linking import LinkError, link_code_redeem
 from botapp.models import Channel, Conversation, MessageStatus, Role, TelegramIdentity, UsageKind
 from botapp.usage import budget_periods
@@ -139,9 +145,16 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = _own_conversation(request, pk)
     history = list(selectors.conversation_messages(conversation=conversation))
     first_question = next((m.content for m in history if m.role == Role.USER and m.content), "")
+    sources = sources_of([m.pk for m in history if m.role == Role.ASSISTANT])
+    files = {d.pk: d for d in documents_of([a["document_id"] for m in history for a in _documents_in(m)])}
     for message in history:
+        message.files = [
+            progress_json(files[a["document_id"]]) for a in _documents_in(message) if a["document_id"] in files
+        ]
         if message.role == Role.ASSISTANT:
-            message.html = markdown_to_html(message.content)
+            message.html = markdown_to_html(message.content) + sources_html(
+                sources.get(message.pk, []), message.content
+            )
             message.meta = answer_meta(
                 input_tokens=message.input_tokens, output_tokens=message.output_tokens, cost_usd=message.cost_usd
             )
@@ -154,6 +167,7 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
         persona_form=ConversationPersonaForm(initial={"persona": conversation.persona_id}),
         can_send=conversation.channel == Channel.WEB,
         max_chars=settings.MAX_MESSAGE_CHARS,
+        max_document_bytes=settings.MAX_DOCUMENT_BYTES,
         statuses=MessageStatus,
     )
     return render(request, "botapp/chat.html", context)
@@ -238,7 +252,7 @@ def _done_event(reply: Reply) -> bytes:
     return _event(
         "done",
         message_id=reply.message.pk,
-        html=str(markdown_to_html(reply.text)),
+        html=str(markdown_to_html(reply.text) + sources_html(reply.sources, reply.text)),
         cost_usd=str(cost) if cost is not None else None,
         meta=answer_meta(cost_usd=cost, **tokens),
         **tokens,
@@ -273,6 +287,54 @@ async def message_send(request: HttpRequest, pk: int) -> HttpResponse:
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+# --- Documents ----------------------------------------------------------------------------------
+
+
+def _documents_in(message: Any) -> list[dict[str, Any]]:
+    return [a for a in message.attachments or () if a.get("type") == "document"]
+
+
+@login_required
+@require_POST
+def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    """Attach a file to the conversation: stored, queued for indexing; its progress is at `status_url`."""
+    conversation = _own_conversation(request, pk)
+    if conversation.channel != Channel.WEB:
+        return JsonResponse({"message": _("This conversation happens in Telegram: send the file there.")}, status=409)
+    upload = request.FILES.get("file")
+    if upload is None:
+        return JsonResponse({"message": _("Choose a file to attach.")}, status=400)
+    refusal = upload_refusal(file_name=upload.name, size=upload.size, mime_type=upload.content_type or "")
+    if refusal:
+        return JsonResponse({"message": refusal}, status=400)
+    try:
+        accepted = documents_accept(
+            conversation=conversation,
+            uploads=[Upload(file_name=upload.name, data=upload.read(), mime_type=upload.content_type or "")],
+            sender=request.user,
+        )
+    except ReplyRefused as refusal:
+        return JsonResponse({"message": str(refusal)}, status=400)
+    document = accepted.documents[0]
+    return JsonResponse(
+        {
+            "message_id": accepted.message.pk,
+            "document": progress_json(document),
+            "status_url": reverse("web:document", args=[conversation.pk, document.pk]),
+        },
+        status=201,
+    )
+
+
+@login_required
+@require_GET
+def document_status(request: HttpRequest, pk: int, document_id: int) -> HttpResponse:
+    """How far a file of the conversation is (the page polls this while it is being read)."""
+    conversation = _own_conversation(request, pk)
+    document = get_object_or_404(Document.objects.defer("summary"), pk=document_id, conversation=conversation)
+    return JsonResponse(progress_json(document))
 
 
 # --- Usage --------------------------------------------------------------------------------------
