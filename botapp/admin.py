@@ -21,6 +21,7 @@ from django.utils.translation import ngettext
 
 from botapp import admin_views
 from botapp.broadcast import BroadcastError, broadcast_create
+from botapp.documents.admin import transcript_documents
 from botapp.models import (
     Bot,
     BotUser,
@@ -369,6 +370,7 @@ class ConversationAdmin(LargeTableAdmin):
         extra_context = dict(extra_context or {})
         if conversation is not None:
             transcript = conversation_transcript(conversation=conversation)
+            transcript_documents(transcript)
             extra_context.update(
                 transcript=transcript,
                 transcript_truncated=len(transcript) < conversation.message_count,

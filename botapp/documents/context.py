@@ -55,8 +55,12 @@ class Source:
     label: int
     file_name: str
     where: str = ""
+    # A knowledge base file still being indexed: not searched for this answer, and the answer says so.
+    pending: bool = False
 
     def __str__(self) -> str:
+        if self.pending:
+            return _("%(name)s is still being indexed and was not searched") % {"name": self.file_name}
         return f"[{self.label}] {self.file_name}" + (f", {self.where}" if self.where else "")
 
 
@@ -132,6 +136,16 @@ def context_for_question(
         # The question was about a file that could not be read: say why rather than answer without it.
         return DocumentContext(refusal=carried[0].reason)
     ready = [d for d in documents if d.state == DocumentState.READY]
+    indexing = [d for d in documents if d.knowledge_base_id and d.state in BUSY_STATES]
+    if indexing and not ready:
+        document = indexing[0]
+        return DocumentContext(
+            refusal=_(
+                "The knowledge base of this assistant is still being indexed (“%(name)s”: %(progress)s), so "
+                "Jarvis cannot answer from it yet. Ask again in a moment."
+            )
+            % {"name": document.file_name, "progress": progress_label(document)}
+        )
     if not ready:
         return None
     own_ready = [d for d in ready if d.conversation_id == conversation.pk]
@@ -142,7 +156,9 @@ def context_for_question(
         excerpts = _retrieve(conversation, question, ready, model=model, budget=budget)
     if not excerpts:
         return None
-    return _assemble(excerpts, reply=reply, model=model)
+    context = _assemble(excerpts, reply=reply, model=model)
+    context.sources += [Source(label=0, file_name=d.file_name, pending=True) for d in indexing]
+    return context
 
 
 # --- Whole documents ----------------------------------------------------------------------------
@@ -320,8 +336,9 @@ def _assemble(excerpts: list[_Excerpt], *, reply: Message, model: str) -> Docume
 
 def sources_cited(sources: list[Source], answer: str) -> list[Source]:
     """The sources the answer cites by number; all of them when it cites none."""
-    cited = [source for source in sources if f"[{source.label}]" in answer]
-    return cited or sources
+    cited = [source for source in sources if not source.pending and f"[{source.label}]" in answer]
+    pending = [source for source in sources if source.pending]
+    return (cited + pending) if cited else sources
 
 
 def sources_line(sources: list[Source], answer: str = "") -> str:
