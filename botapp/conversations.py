@@ -437,8 +437,12 @@ def _refuse(turn: Turn, sentence: str) -> None:
 
 def _check_and_build(turn: Turn) -> Context:
     # A background job may have titled or summarised the conversation since the turn was read.
-    fresh = Conversation.objects.select_related("persona").get(pk=turn.conversation.pk)
-    for field in ("title", "summary", "summary_until_id", "model", "persona"):
+    fresh = (
+        Conversation.objects.select_related("persona")
+        .annotate(has_documents=documents_context.in_scope())
+        .get(pk=turn.conversation.pk)
+    )
+    for field in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
         setattr(turn.conversation, field, getattr(fresh, field))
     sender = turn.user_message.sender or turn.conversation.user
     if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:

@@ -7,7 +7,6 @@ import zipfile
 
 import docx
 import pytest
-from django_q.conf import Conf
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
@@ -70,5 +69,7 @@ def make_docx_bomb(unpacked_mb: int = 60) -> bytes:
 @pytest.fixture
 def q_sync(settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Queued jobs (indexing included) run at once, in the process that queues them."""
+    from django_q.conf import Conf  # django-q2 reads the settings on import: not in scripts without Django
+
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
     monkeypatch.setattr(Conf, "SYNC", True)

@@ -19,7 +19,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
@@ -98,6 +98,15 @@ def where_of(*, page_start: int | None, page_end: int | None, heading: str) -> s
     return ", ".join(parts)
 
 
+def in_scope() -> Exists:
+    """For annotating conversations: whether one has documents, its own or its persona's (one EXISTS)."""
+    return Exists(
+        Document.objects.filter(
+            Q(conversation_id=OuterRef("pk")) | Q(knowledge_base__personas=OuterRef("persona_id"))
+        ).values("pk")
+    )
+
+
 def _scope(conversation: Conversation, persona: Persona | None) -> list[Document]:
     scope = Q(conversation_id=conversation.pk)
     if persona is not None and persona.pk:
@@ -116,7 +125,12 @@ def context_for_question(
     model: str,
     budget: int,
 ) -> DocumentContext | None:
-    """The documents' part of a request, within `budget` tokens; None when the conversation has none."""
+    """The documents' part of a request, within `budget` tokens; None when the conversation has none.
+
+    A conversation read with `in_scope()` as `has_documents` costs no query when it has none.
+    """
+    if not getattr(conversation, "has_documents", True):
+        return None
     documents = _scope(conversation, persona)
     if not documents:
         return None
