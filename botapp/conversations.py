@@ -181,7 +181,7 @@ def documents_accept(
             ]
             message.save(update_fields=["attachments"])
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
-    except ValueError as refusal:
+    except documents_services.UploadRefused as refusal:
         raise ReplyRefused(str(refusal)) from refusal
     turn = Turn(conversation=conversation, user_message=message, reply=reply) if reply is not None else None
     return DocumentsAccepted(message=message, documents=documents, turn=turn)

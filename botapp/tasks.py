@@ -201,8 +201,11 @@ def history_fit(conversation: Conversation) -> HistoryFit:
 
 def _line(row: Message) -> str:
     who = "Person" if row.role == Role.USER else "Jarvis"
-    images = f" [{len(row.attachments)} image(s)]" if row.attachments else ""
-    return f"{who}:{images} {row.content}"
+    count = sum(1 for attachment in row.attachments if attachment.get("url"))
+    images = f" [{count} image(s)]" if count else ""
+    files = [attachment["name"] for attachment in row.attachments if attachment.get("type") == "document"]
+    documents = f" [sent {', '.join(files)}]" if files else ""
+    return f"{who}:{images}{documents} {row.content}"
 
 
 def _next_chunk(rows: list[Message], *, capacity: int, model: str) -> tuple[str, int]:

@@ -374,3 +374,21 @@ def _sqlite_has(name: str) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM sqlite_master WHERE name = %s", [name])
         return bool(cursor.fetchone()[0])
+
+
+def test_a_second_delivery_leaves_a_live_run_alone_and_takes_over_a_dead_one(fake_openai):
+    """The queue may hand a long job out twice: a live run (recent heartbeat) is left alone, a dead one replaced."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    conversation = web_conversation()
+    accepted = documents_accept(conversation=conversation, uploads=[Upload("a.txt", b"Alpha beta gamma.")])
+    document = accepted.documents[0]
+    Document.objects.filter(pk=document.pk).update(state=DocumentState.EMBEDDING, heartbeat_at=timezone.now())
+    assert "left to it" in document_ingest(document.pk)
+    assert Document.objects.get(pk=document.pk).state == DocumentState.EMBEDDING
+    stale = timezone.now() - timedelta(minutes=10)
+    Document.objects.filter(pk=document.pk).update(heartbeat_at=stale)
+    assert "ready" in document_ingest(document.pk)
+    assert Document.objects.get(pk=document.pk).state == DocumentState.READY

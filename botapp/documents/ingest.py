@@ -12,12 +12,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -25,7 +26,7 @@ from botapp import fulltext, llm
 from botapp.documents import chunk as chunking
 from botapp.documents import extract
 from botapp.documents.context import DOCUMENT_SHARE
-from botapp.documents.models import CHUNKS, Document, DocumentChunk, DocumentFile, DocumentState
+from botapp.documents.models import BUSY_STATES, CHUNKS, Document, DocumentChunk, DocumentFile, DocumentState
 from botapp.models import Persona, UsageKind
 from botapp.usage import budget_refusal, usage_record_create
 
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 EMBED_BATCH = 64
 EMBED_BATCH_TOKENS = 40_000
 PROGRESS_EVERY_SECONDS = 1.0
+# A run that has not written for this long is taken to be dead (its worker crashed) and may be replaced.
+# The queue hands a job out again after Q_CLUSTER["retry"] seconds even while it still runs; a live run
+# writes far more often than this, so the second delivery leaves it alone instead of starting over.
+HEARTBEAT_TIMEOUT = timedelta(seconds=120)
 INSERT_BATCH = 500
 SUMMARY_MAX_TOKENS = 700
 SUMMARY_PROMPT = (
@@ -84,6 +89,7 @@ class _Run:
         if not force and now - self._last_write < PROGRESS_EVERY_SECONDS:
             return
         self._last_write = now
+        fields["heartbeat_at"] = timezone.now()
         updated = Document.objects.filter(pk=self.document.pk, version=self.version).update(**fields)
         if not updated:
             raise Superseded
@@ -91,16 +97,29 @@ class _Run:
             setattr(self.document, name, value)
 
 
+class AlreadyRunning(Exception):
+    """Another run is indexing the document and still alive."""
+
+
 def _claim(document_id: int) -> _Run | None:
+    now = timezone.now()
+    alive = Q(state__in=BUSY_STATES[1:], heartbeat_at__gt=now - HEARTBEAT_TIMEOUT)
     with transaction.atomic():
-        updated = Document.objects.filter(pk=document_id).update(
-            version=F("version") + 1,
-            state=DocumentState.READING,
-            progress_done=0,
-            progress_total=0,
-            reason="",
+        updated = (
+            Document.objects.filter(pk=document_id)
+            .exclude(alive)
+            .update(
+                version=F("version") + 1,
+                state=DocumentState.READING,
+                progress_done=0,
+                progress_total=0,
+                reason="",
+                heartbeat_at=now,
+            )
         )
         if not updated:
+            if Document.objects.filter(pk=document_id).exists():
+                raise AlreadyRunning
             return None
     document = (
         Document.objects.select_related("knowledge_base__owner", "conversation__user", "uploaded_by", "bot")
@@ -112,7 +131,10 @@ def _claim(document_id: int) -> _Run | None:
 
 def document_ingest(document_id: int) -> str:
     """Index one document from its stored bytes; what it did, in a sentence for the task list."""
-    run = _claim(document_id)
+    try:
+        run = _claim(document_id)
+    except AlreadyRunning:
+        return f"Document {document_id} is being indexed by another run, which is alive: left to it."
     if run is None:
         return f"Document {document_id} no longer exists."
     try:

@@ -103,6 +103,8 @@ class Document(models.Model):
     summary = models.TextField(_("summary"), blank=True, help_text=_("Built piece by piece for a long file."))
     # Bumped whenever the chunks are replaced, so that processes holding its vectors in memory reload them.
     version = models.PositiveIntegerField(default=0, editable=False)
+    # Written with every step of indexing: a run that stopped writing is dead and may be taken over.
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(_("uploaded"), default=timezone.now)
     indexed_at = models.DateTimeField(_("indexed"), null=True, blank=True)
 

@@ -10,6 +10,7 @@ from functools import partial
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import F
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
@@ -23,6 +24,10 @@ logger = logging.getLogger(__name__)
 TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
 # Indexing a long file takes a while: longer than django-q2's default timeout for a job.
 INGEST_TIMEOUT_SECONDS = 1800
+
+
+class UploadRefused(Exception):
+    """A file that cannot be taken; `str(error)` is the sentence for the person."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def conversation_documents_create(
     for upload in uploads:
         refusal = upload_refusal(file_name=upload.file_name, size=len(upload.data), mime_type=upload.mime_type)
         if refusal:
-            raise ValueError(refusal)
+            raise UploadRefused(refusal)
     return [
         _document_create(
             upload,
@@ -122,8 +127,9 @@ def documents_reindex(*, documents: Iterable[Document]) -> int:
     """Index the files again from their stored bytes (after a failure, a budget reset or a new model)."""
     ids = [document.pk for document in documents]
     with transaction.atomic():
+        # The version moves on: a run still indexing the old way stops at its next step.
         Document.objects.filter(pk__in=ids).update(
-            state=DocumentState.QUEUED, progress_done=0, progress_total=0, reason=""
+            state=DocumentState.QUEUED, progress_done=0, progress_total=0, reason="", version=F("version") + 1
         )
         for document_id in ids:
             ingestion_enqueue(document_id)
