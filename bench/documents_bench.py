@@ -90,8 +90,9 @@ for start in range(0, chunks, per_document):
             else:
                 text = " ".join(zipf_words(english, 220))
             blob, scale = vectors.quantize(rng.standard_normal(dimensions))
-            rows.append(DocumentChunk(document=document, ordinal=ordinal, text=text, page_start=ordinal // 3 + 1,
-                                      page_end=ordinal // 3 + 1, token_count=300, embedding=blob, embedding_scale=scale))
+            page = ordinal // 3 + 1
+            rows.append(DocumentChunk(document=document, ordinal=ordinal, text=text, page_start=page, page_end=page,
+                                      token_count=300, embedding=blob, embedding_scale=scale))
         created = DocumentChunk.objects.bulk_create(rows, batch_size=500)
         fulltext.index_add(CHUNKS, ((row.pk, row.text) for row in created))
 if connection.vendor == "postgresql":
@@ -111,7 +112,8 @@ from botapp.documents.models import Document, DocumentChunk
 queries, dimensions = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(11)
 documents = list(Document.objects.filter(knowledge_base__name="bench-100k").defer("summary"))
-sample = list(DocumentChunk.objects.filter(document__in=documents).order_by("?").values_list("text", flat=True)[:queries + 1])
+texts = DocumentChunk.objects.filter(document__in=documents).order_by("?").values_list("text", flat=True)
+sample = list(texts[: queries + 1])
 
 def question(text):
     if " " in text:
@@ -199,8 +201,12 @@ def main() -> None:
     print("| figure | " + " | ".join(results) + " | target |")
     print("|---|" + "---:|" * len(results) + "---|")
     rows = [
-        ("ingestion, pages per second (model time excluded)", lambda r: r["ingestion"]["pages"] / max(
-            r["ingestion"]["seconds"] - r["ingestion"]["model_seconds"], 1e-9), "{:.1f}", ""),
+        (
+            "ingestion, pages per second (model time excluded)",
+            lambda r: r["ingestion"]["pages"] / max(r["ingestion"]["seconds"] - r["ingestion"]["model_seconds"], 1e-9),
+            "{:.1f}",
+            "",
+        ),
         ("ingestion, embeddings wait (s, fake model)", lambda r: r["ingestion"]["model_seconds"], "{:.2f}", ""),
         ("retrieval p50 ms", lambda r: r["retrieval"]["p50_ms"], "{:.1f}", ""),
         ("retrieval p99 ms", lambda r: r["retrieval"]["p99_ms"], "{:.1f}", "< 150"),
