@@ -11,6 +11,7 @@ recorded per answer (`MessageExcerpt`) for the sources line and the admin transc
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from botapp.usage import usage_record_create
 
 logger = logging.getLogger(__name__)
 
+_CLOSING_TAG = re.compile(r"</\s*document", re.IGNORECASE)
 # The share of the tokens a question leaves that documents may take; the history gets the rest.
 DOCUMENT_SHARE = 0.6
 CANDIDATES = 40
@@ -319,7 +321,9 @@ def _assemble(excerpts: list[_Excerpt], *, reply: Message, model: str) -> Docume
         title = f"[{label}] {name}" + (f" ({excerpt.where})" if excerpt.where else "")
         if excerpt.whole and not excerpt.where:
             title += " " + _("(the whole document)")
-        blocks.append(f'<document label="{label}">\n{title}\n\n{excerpt.text}\n</document>')
+        # The file's own text cannot close the block it is quoted in and speak outside it.
+        text = _CLOSING_TAG.sub("</ document", excerpt.text)
+        blocks.append(f'<document label="{label}">\n{title}\n\n{text}\n</document>')
         sources.append(Source(label=label, file_name=name, where=excerpt.where))
         records.append(
             MessageExcerpt(
