@@ -25,7 +25,8 @@ from botapp.documents.models import DocumentChunk
 
 logger = logging.getLogger(__name__)
 
-VECTOR_CACHE_BYTES = 160 * 1024 * 1024
+# With the process itself (Django, the openai SDK, tokenizers: about 170 MB) this keeps it under 300 MB.
+VECTOR_CACHE_BYTES = 96 * 1024 * 1024
 # Rows converted to float32 at a time: small enough to stay in the CPU cache, large enough for BLAS.
 BLOCK_ROWS = 1024
 LOAD_BATCH = 2000
