@@ -42,6 +42,8 @@ _MAX_WORD = 40
 # query when the query has rarer terms.
 COMMON_ROWS = 2000
 COMMON_SHARE = 0.25
+# A query of common terms only ranks at most this many of the rows that hold them.
+CANDIDATES = 2000
 INSERT_BATCH = 500
 
 _stemmer = snowballstemmer.stemmer("english")
@@ -220,7 +222,6 @@ def search(
         size = max(_size(cursor, index), max(found.values()), 1)
         common = min(COMMON_ROWS, max(COMMON_SHARE * size, 5))
         rare = {term: n for term, n in found.items() if n <= common}
-        chosen = rare or found
         scope_sql, scope_params = "", []
         if within is not None:
             try:
@@ -231,45 +232,58 @@ def search(
             # row in scope, seconds at 100k rows) instead of matching once and then filtering.
             column = "+rowid" if vendor == "sqlite" else "id"
             scope_sql = f" AND {column} IN ({sql})"
-        if vendor == "sqlite":
-            return _search_sqlite(cursor, index, list(chosen), scope_sql, list(scope_params), limit)
-        return _search_postgresql(cursor, index, chosen, size, scope_sql, list(scope_params), limit)
+        query = _Query(index, vendor, size, scope_sql, list(scope_params), limit)
+        if rare:
+            return query.run(cursor, rare, joiner="any")
+        # Only common terms ("what is the ..."): rows holding all of them, else rows holding any; either way
+        # at most CANDIDATES of them are ranked, since ranking most of the index would take seconds.
+        return query.run(cursor, found, joiner="all", cap=CANDIDATES) or query.run(
+            cursor, found, joiner="any", cap=CANDIDATES
+        )
 
 
-def _search_sqlite(
-    cursor: object, index: FullTextIndex, terms: list[str], scope_sql: str, scope_params: list, limit: int
-) -> list[tuple[int, float]]:
-    # FTS5's bm25() weighs each term by its rarity; lower is better.
-    expression = " OR ".join(_match(term, "sqlite") for term in terms)
-    cursor.execute(
-        f"SELECT rowid, bm25({index.name}) AS score FROM {index.name} "  # noqa: S608
-        f"WHERE {index.name} MATCH %s{scope_sql} ORDER BY score LIMIT %s",
-        [expression, *scope_params, limit],
-    )
-    return [(row_id, -score) for row_id, score in cursor.fetchall()]
+@dataclass
+class _Query:
+    index: FullTextIndex
+    vendor: str
+    size: int
+    scope_sql: str
+    scope_params: list
+    limit: int
 
-
-def _search_postgresql(
-    cursor: object,
-    index: FullTextIndex,
-    counts: dict[str, int],
-    size: int,
-    scope_sql: str,
-    scope_params: list,
-    limit: int,
-) -> list[tuple[int, float]]:
-    # ts_rank knows no term rarity, so each matched term adds its inverse document frequency (BM25's idf),
-    # and ts_rank (how often and how close the terms occur) only breaks ties.
-    terms = list(counts)
-    weights = [max(log((size - n + 0.5) / (n + 0.5) + 1), 0.01) for n in counts.values()]
-    score = " + ".join(["%s * (terms @@ to_tsquery('simple', %s))::int"] * len(terms))
-    score_params: list[object] = []
-    for term, weight in zip(terms, weights, strict=True):
-        score_params += [weight, _match(term, "postgresql")]
-    everything = " | ".join(_match(term, "postgresql") for term in terms)
-    cursor.execute(
-        f"SELECT id, {score} + 0.01 * ts_rank(terms, to_tsquery('simple', %s)) AS score "  # noqa: S608
-        f"FROM {index.name} WHERE terms @@ to_tsquery('simple', %s){scope_sql} ORDER BY score DESC LIMIT %s",
-        [*score_params, everything, everything, *scope_params, limit],
-    )
-    return [(row_id, float(score)) for row_id, score in cursor.fetchall()]
+    def run(
+        self, cursor: object, counts: dict[str, int], *, joiner: str, cap: int | None = None
+    ) -> list[tuple[int, float]]:
+        name = self.index.name
+        terms = [_match(term, self.vendor) for term in counts]
+        if self.vendor == "sqlite":
+            expression = (" OR " if joiner == "any" else " AND ").join(terms)
+            match, column = f"{name} MATCH %s", "+rowid"
+        else:
+            expression = (" | " if joiner == "any" else " & ").join(terms)
+            match, column = "terms @@ to_tsquery('simple', %s)", "id"
+        capped, cap_params = "", []
+        if cap is not None:
+            capped = f" AND {column} IN (SELECT {column.lstrip('+')} FROM {name} WHERE {match} LIMIT %s)"  # noqa: S608
+            cap_params = [expression, cap]
+        where = f"WHERE {match}{capped}{self.scope_sql}"
+        params = [expression, *cap_params, *self.scope_params, self.limit]
+        if self.vendor == "sqlite":
+            # FTS5's bm25() weighs each term by its rarity; lower is better.
+            cursor.execute(
+                f"SELECT rowid, bm25({name}) AS score FROM {name} {where} ORDER BY score LIMIT %s",  # noqa: S608
+                params,
+            )
+            return [(row_id, -score) for row_id, score in cursor.fetchall()]
+        # ts_rank knows no term rarity, so each matched term adds its inverse document frequency (BM25's
+        # idf), and ts_rank (how often and how close the terms occur) only breaks ties.
+        score_sql = " + ".join(["%s * (terms @@ to_tsquery('simple', %s))::int"] * len(terms))
+        score_params: list[object] = []
+        for term, n in zip(terms, counts.values(), strict=True):
+            score_params += [max(log((self.size - n + 0.5) / (n + 0.5) + 1), 0.01), term]
+        cursor.execute(
+            f"SELECT id, {score_sql} + 0.01 * ts_rank(terms, to_tsquery('simple', %s)) AS score "  # noqa: S608
+            f"FROM {name} {where} ORDER BY score DESC LIMIT %s",
+            [*score_params, expression, *params],
+        )
+        return [(row_id, float(score)) for row_id, score in cursor.fetchall()]
