@@ -94,7 +94,7 @@ for start in range(0, chunks, per_document):
             rows.append(DocumentChunk(document=document, ordinal=ordinal, text=text, page_start=page, page_end=page,
                                       token_count=300, embedding=blob, embedding_scale=scale))
         created = DocumentChunk.objects.bulk_create(rows, batch_size=500)
-        fulltext.index_add(CHUNKS, ((row.pk, row.text) for row in created))
+        fulltext.index_add(CHUNKS, ((row.pk, document.pk, row.text) for row in created))
 if connection.vendor == "postgresql":
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")

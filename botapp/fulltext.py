@@ -7,23 +7,26 @@ Chinese or Japanese characters cut into overlapping bigrams, the usual n-gram ap
 
 An index is a side table keyed by the id of the rows it indexes (`FullTextIndex`), written and deleted
 explicitly (`index_add`, `index_remove`) rather than by triggers, so schema changes of the indexed table
-(which SQLite makes by copying the table) cannot lose it. To index another table, e.g. messages:
+(which SQLite makes by copying the table) cannot lose it. Each row also carries a group (an integer the
+caller chooses: the document of a chunk, the conversation of a message) that searches filter on cheaply.
+To index another table, e.g. messages:
 
     MESSAGES = FullTextIndex("botapp_message_fts")
     # in a migration:   fulltext.create_operation(MESSAGES)
-    # when writing:     fulltext.index_add(MESSAGES, [(message.pk, message.content)])
-    # when searching:   fulltext.search(MESSAGES, "年假 policy", within=Message.objects.filter(sender=person))
+    # when writing:     fulltext.index_add(MESSAGES, [(message.pk, message.conversation_id, message.content)])
+    # when searching:   fulltext.search(MESSAGES, "年假 policy", groups=conversation_ids_of_the_person)
 
-`search` returns (id, score) pairs, best first; `within` (any queryset of the indexed model) limits the
-search to its rows. Terms found in very many rows are left out of the query when rarer ones exist: they
-say little about relevance and would make every query scan most of the index.
+`search` returns (id, score) pairs, best first; `groups` limits it to rows of those groups, `within` (any
+queryset of the indexed model, slower: it is read in full) to the rows it selects. Terms found in very
+many rows are left out of a query that has rarer ones: they say little about relevance, and would make
+every query rank most of the index. A query of common terms only ranks a bounded set of rows.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from math import log
@@ -96,11 +99,15 @@ def query_terms(text: str) -> list[str]:
 def create_sql(index: FullTextIndex, vendor: str) -> list[str]:
     if vendor == "sqlite":
         # The text is already analysed: unicode61 only splits it at the spaces (CJK bigrams stay whole).
-        return [f"CREATE VIRTUAL TABLE {index.name} USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0')"]
+        return [
+            f"CREATE VIRTUAL TABLE {index.name} USING fts5(terms, grp UNINDEXED, "
+            "tokenize = 'unicode61 remove_diacritics 0')"
+        ]
     if vendor == "postgresql":
         return [
-            f"CREATE TABLE {index.name} (id bigint PRIMARY KEY, terms tsvector NOT NULL)",
+            f"CREATE TABLE {index.name} (id bigint PRIMARY KEY, grp bigint NOT NULL, terms tsvector NOT NULL)",
             f"CREATE INDEX {index.name}_terms ON {index.name} USING gin (terms)",
+            f"CREATE INDEX {index.name}_grp ON {index.name} (grp)",
         ]
     raise NotImplementedError(f"Full-text search is not implemented for {vendor}.")
 
@@ -126,12 +133,12 @@ def create_operation(index: FullTextIndex) -> migrations.RunPython:
 # --- Writing ------------------------------------------------------------------------------------
 
 
-def index_add(index: FullTextIndex, rows: Iterable[tuple[int, str]]) -> int:
-    """Index (id, text) rows; an id indexed before is replaced."""
-    batch: list[tuple[int, str]] = []
+def index_add(index: FullTextIndex, rows: Iterable[tuple[int, int, str]]) -> int:
+    """Index (id, group, text) rows; an id indexed before is replaced."""
+    batch: list[tuple[int, int, str]] = []
     count = 0
-    for row_id, text in rows:
-        batch.append((row_id, analyse(text)))
+    for row_id, group, text in rows:
+        batch.append((row_id, group, analyse(text)))
         if len(batch) >= INSERT_BATCH:
             count += _insert(index, batch)
             batch = []
@@ -140,16 +147,17 @@ def index_add(index: FullTextIndex, rows: Iterable[tuple[int, str]]) -> int:
     return count
 
 
-def _insert(index: FullTextIndex, batch: Sequence[tuple[int, str]]) -> int:
-    ids = [row_id for row_id, _terms in batch]
+def _insert(index: FullTextIndex, batch: Sequence[tuple[int, int, str]]) -> int:
+    ids = [row_id for row_id, _group, _terms in batch]
     with connection.cursor() as cursor:
         _delete_ids(cursor, index, ids)
         if connection.vendor == "sqlite":
-            cursor.executemany(f"INSERT INTO {index.name} (rowid, terms) VALUES (%s, %s)", batch)  # noqa: S608
+            sql = f"INSERT INTO {index.name} (rowid, grp, terms) VALUES (%s, %s, %s)"  # noqa: S608
+            cursor.executemany(sql, batch)
         else:
-            values = ", ".join(["(%s, to_tsvector('simple', %s))"] * len(batch))
+            values = ", ".join(["(%s, %s, to_tsvector('simple', %s))"] * len(batch))
             params = [value for row in batch for value in row]
-            cursor.execute(f"INSERT INTO {index.name} (id, terms) VALUES {values}", params)  # noqa: S608
+            cursor.execute(f"INSERT INTO {index.name} (id, grp, terms) VALUES {values}", params)  # noqa: S608
     return len(batch)
 
 
@@ -200,18 +208,24 @@ def _rows_with(cursor: object, index: FullTextIndex, term: str) -> int:
 
 def _size(cursor: object, index: FullTextIndex) -> int:
     """The number of rows indexed, estimated from the id range (cheap on both databases)."""
-    column = _id_column(index)
-    cursor.execute(f"SELECT min({column}), max({column}) FROM {index.name}")  # noqa: S608
+    # FTS5 scans the whole index for min(rowid); its content table has the ids under a primary key.
+    table, column = (f"{index.name}_content", "id") if connection.vendor == "sqlite" else (index.name, "id")
+    cursor.execute(f"SELECT min({column}), max({column}) FROM {table}")  # noqa: S608
     low, high = cursor.fetchone()
     return 0 if low is None else high - low + 1
 
 
 def search(
-    index: FullTextIndex, text: str, *, within: QuerySet | None = None, limit: int = 50
+    index: FullTextIndex,
+    text: str,
+    *,
+    groups: Collection[int] | None = None,
+    within: QuerySet | None = None,
+    limit: int = 50,
 ) -> list[tuple[int, float]]:
     """The ids of the rows that best match `text` (any of its terms), best first, with their scores."""
     terms = query_terms(text)
-    if not terms:
+    if not terms or (groups is not None and not groups):
         return []
     vendor = connection.vendor
     with connection.cursor() as cursor:
@@ -223,16 +237,20 @@ def search(
         common = min(COMMON_ROWS, max(COMMON_SHARE * size, 5))
         rare = {term: n for term, n in found.items() if n <= common}
         scope_sql, scope_params = "", []
+        if groups is not None:
+            scope_sql = f" AND grp IN ({', '.join(['%s'] * len(groups))})"
+            scope_params = [int(group) for group in groups]
         if within is not None:
             try:
-                sql, scope_params = within.order_by().values("pk").query.sql_with_params()
+                sql, params = within.order_by().values("pk").query.sql_with_params()
             except EmptyResultSet:
                 return []
             # On SQLite the unary + keeps FTS5 from taking the scope as its rowid constraint (one MATCH per
             # row in scope, seconds at 100k rows) instead of matching once and then filtering.
             column = "+rowid" if vendor == "sqlite" else "id"
-            scope_sql = f" AND {column} IN ({sql})"
-        query = _Query(index, vendor, size, scope_sql, list(scope_params), limit)
+            scope_sql += f" AND {column} IN ({sql})"
+            scope_params += list(params)
+        query = _Query(index, vendor, size, scope_sql, scope_params, limit)
         if rare:
             return query.run(cursor, rare, joiner="any")
         # Only common terms ("what is the ..."): rows holding all of them, else rows holding any; either way
@@ -262,12 +280,13 @@ class _Query:
         else:
             expression = (" | " if joiner == "any" else " & ").join(terms)
             match, column = "terms @@ to_tsquery('simple', %s)", "id"
-        capped, cap_params = "", []
+        where = f"WHERE {match}{self.scope_sql}"
+        params = [expression, *self.scope_params]
         if cap is not None:
-            capped = f" AND {column} IN (SELECT {column.lstrip('+')} FROM {name} WHERE {match} LIMIT %s)"  # noqa: S608
-            cap_params = [expression, cap]
-        where = f"WHERE {match}{capped}{self.scope_sql}"
-        params = [expression, *cap_params, *self.scope_params, self.limit]
+            inner = column.lstrip("+")
+            where += f" AND {column} IN (SELECT {inner} FROM {name} {where} LIMIT %s)"  # noqa: S608
+            params += [*params, cap]
+        params.append(self.limit)
         if self.vendor == "sqlite":
             # FTS5's bm25() weighs each term by its rarity; lower is better.
             cursor.execute(

@@ -235,7 +235,7 @@ async def test_reindex_replaces_the_chunks_and_removal_forgets_the_words(fake_op
     assert again.version > document.version and again.state == DocumentState.READY and not old_ids & new_ids
 
     def found() -> list:
-        return fulltext.search(CHUNKS, "revenue", within=DocumentChunk.objects.all())
+        return fulltext.search(CHUNKS, "revenue", groups=[document.pk])
 
     assert [row for row, _score in await sync_to_async(found)()] == sorted(new_ids)
     await again.adelete()
@@ -313,12 +313,15 @@ def test_chinese_and_english_terms_are_indexed_and_found(db):
     rows = {}
     for ordinal, text in texts.items():
         rows[ordinal] = DocumentChunk.objects.create(document=document, ordinal=ordinal, text=text)
-    fulltext.index_add(CHUNKS, [(rows[n].pk, text) for n, text in texts.items()])
-    within = DocumentChunk.objects.filter(document=document)
-    assert fulltext.search(CHUNKS, "带薪年假有几天", within=within)[0][0] == rows[1].pk
-    assert fulltext.search(CHUNKS, "leave policy", within=within)[0][0] == rows[2].pk
-    assert fulltext.search(CHUNKS, "税", within=within) == []
-    assert fulltext.search(CHUNKS, "会", within=within)[0][0] == rows[3].pk
+    fulltext.index_add(CHUNKS, [(rows[n].pk, document.pk, text) for n, text in texts.items()])
+    mine = [document.pk]
+    assert fulltext.search(CHUNKS, "带薪年假有几天", groups=mine)[0][0] == rows[1].pk
+    assert fulltext.search(CHUNKS, "leave policy", groups=mine)[0][0] == rows[2].pk
+    assert fulltext.search(CHUNKS, "税", groups=mine) == []
+    assert fulltext.search(CHUNKS, "会", groups=mine)[0][0] == rows[3].pk
+    assert fulltext.search(CHUNKS, "leave", groups=[document.pk + 1]) == []
+    within = DocumentChunk.objects.filter(document=document, ordinal__gte=3)
+    assert [row for row, _score in fulltext.search(CHUNKS, "company", within=within)] == [rows[4].pk]
     assert fulltext.search(CHUNKS, "leave", within=DocumentChunk.objects.none()) == []
 
 

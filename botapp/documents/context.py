@@ -254,7 +254,7 @@ def rank(
     """Chunk ids of `documents` for `text`, best first: full-text and vector rankings fused (RRF)."""
     ids = [d.pk for d in documents]
     fused: dict[int, float] = defaultdict(float)
-    found = fulltext.search(CHUNKS, text, within=DocumentChunk.objects.filter(document_id__in=ids), limit=limit)
+    found = fulltext.search(CHUNKS, text, groups=ids, limit=limit)
     for position, (chunk_id, _score) in enumerate(found):
         fused[chunk_id] += 1 / (RRF_K + position + 1)
     if query_vector is not None:

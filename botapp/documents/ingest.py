@@ -214,7 +214,7 @@ def _store_chunks(run: _Run, pieces: list[chunking.Chunk], *, pages: int | None,
         ]
         for start in range(0, len(rows), INSERT_BATCH):
             created = DocumentChunk.objects.bulk_create(rows[start : start + INSERT_BATCH])
-            fulltext.index_add(CHUNKS, ((row.pk, search_text(document, row)) for row in created))
+            fulltext.index_add(CHUNKS, ((row.pk, document.pk, search_text(document, row)) for row in created))
         run.write(
             pages=pages,
             chunk_count=len(rows),
