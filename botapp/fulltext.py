@@ -210,7 +210,8 @@ def _size(cursor: object, index: FullTextIndex) -> int:
     """The number of rows indexed, estimated from the id range (cheap on both databases)."""
     # FTS5 scans the whole index for min(rowid); its content table has the ids under a primary key.
     table, column = (f"{index.name}_content", "id") if connection.vendor == "sqlite" else (index.name, "id")
-    cursor.execute(f"SELECT min({column}), max({column}) FROM {table}")  # noqa: S608
+    # Two subqueries: SQLite reads min and max from the ends of the primary key only one aggregate at a time.
+    cursor.execute(f"SELECT (SELECT min({column}) FROM {table}), (SELECT max({column}) FROM {table})")  # noqa: S608
     low, high = cursor.fetchone()
     return 0 if low is None else high - low + 1
 
@@ -282,9 +283,17 @@ class _Query:
             match, column = "terms @@ to_tsquery('simple', %s)", "id"
         where = f"WHERE {match}{self.scope_sql}"
         params = [expression, *self.scope_params]
-        if cap is not None:
-            inner = column.lstrip("+")
-            where += f" AND {column} IN (SELECT {inner} FROM {name} {where} LIMIT %s)"  # noqa: S608
+        if cap is not None and self.vendor == "sqlite":
+            # The first `cap` matches in id order, then ranked through a rowid range FTS5 walks directly
+            # (a list of ids would cost one MATCH per id).
+            cursor.execute(f"SELECT rowid FROM {name} {where} ORDER BY rowid LIMIT %s", [*params, cap])  # noqa: S608
+            ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                return []
+            where = f"WHERE {match} AND rowid BETWEEN %s AND %s{self.scope_sql}"
+            params = [expression, ids[0], ids[-1], *self.scope_params]
+        elif cap is not None:
+            where += f" AND {column} IN (SELECT {column} FROM {name} {where} LIMIT %s)"  # noqa: S608
             params += [*params, cap]
         params.append(self.limit)
         if self.vendor == "sqlite":
