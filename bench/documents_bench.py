@@ -125,7 +125,7 @@ def question(text):
 def retrieve(text):
     vector = ("text-embedding-3-small", vectors.query_vector(rng.standard_normal(dimensions)))
     ranked = context.rank(text, documents, query_vector=vector)
-    rows = DocumentChunk.objects.in_bulk(ranked[: context.CANDIDATES])
+    rows = DocumentChunk.objects.defer("embedding").in_bulk(ranked[: context.CANDIDATES])
     assert ranked and rows
     return ranked
 

@@ -288,7 +288,7 @@ def _retrieve(
                     where = _("summary of the whole document")
                     excerpts.append(_Excerpt(document, None, -1, summary, where, tokens, whole=True))
                     used += tokens
-    rows = DocumentChunk.objects.in_bulk(ranked[:CANDIDATES])
+    rows = DocumentChunk.objects.defer("embedding").in_bulk(ranked[:CANDIDATES])
     picked = 0
     for chunk_id in ranked:
         row = rows.get(chunk_id)
