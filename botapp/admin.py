@@ -27,7 +27,9 @@ from botapp.models import (
     BotUser,
     Broadcast,
     Conversation,
+    MediaFile,
     Message,
+    ModelImagePrice,
     ModelPrice,
     Persona,
     Profile,
@@ -327,11 +329,30 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "cached_input_per_mtok",
         "output_per_mtok",
         "audio_per_minute",
+        "image_output_per_mtok",
+        "per_mchars",
         "valid_from",
     ]
+    readonly_fields = ["picture_prices"]
     search_fields = ["model"]
     # A price change is best a new row from a new date: the ledger keeps the prices it used either way.
     save_as = True
+
+    @admin.display(description=_("prices per picture"))
+    def picture_prices(self, obj: ModelPrice) -> str:
+        """Image models billed per picture (dall-e) have a price per size and quality, edited on their own page."""
+        rows = list(obj.image_prices.all()) if obj.pk else []
+        listing = ", ".join(str(row) for row in rows) or _("none (the model is billed by tokens or characters)")
+        url = reverse("admin:botapp_modelimageprice_changelist") + (f"?price__id__exact={obj.pk}" if obj.pk else "")
+        return format_html('{} · <a href="{}">{}</a>', listing, url, _("edit"))
+
+
+@admin.register(ModelImagePrice)
+class ModelImagePriceAdmin(admin.ModelAdmin):
+    list_display = ["price", "size", "quality", "usd_per_image"]
+    list_filter = ["price__model"]
+    list_select_related = ["price"]
+    search_fields = ["price__model", "size"]
 
 
 # --- Conversations, messages and the ledger -----------------------------------------------------
@@ -344,7 +365,18 @@ class ConversationAdmin(LargeTableAdmin):
     list_select_related = ["user", "bot", "persona"]
     search_fields = ["title", "user__username", "user__telegram__username", "messages__content"]
     search_help_text = _("Search by title, username, Telegram username or the text of any message.")
-    fields = ["title", "user", "channel", "bot", "telegram_chat_id", "persona", "model", "is_active", "summary"]
+    fields = [
+        "title",
+        "user",
+        "channel",
+        "bot",
+        "telegram_chat_id",
+        "persona",
+        "model",
+        "voice_answers",
+        "is_active",
+        "summary",
+    ]
     readonly_fields = ["user", "channel", "bot", "telegram_chat_id"]
     actions = ["export_markdown", "export_json"]
     change_form_template = "admin/botapp/conversation/change_form.html"
@@ -420,6 +452,30 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description=_("content"))
     def short_content(self, obj: Message) -> str:
         return Truncator(obj.content or obj.error).chars(80)
+
+
+@admin.register(MediaFile)
+class MediaFileAdmin(ReadOnlyAdmin):
+    list_display = ["id", "kind", "conversation_link", "model", "size_bytes", "dimensions", "created_at", "open_file"]
+    list_filter = ["kind", "model"]
+    list_select_related = ["conversation"]
+    search_fields = ["prompt", "=conversation__id"]
+    ordering = ["-id"]
+
+    @admin.display(description=_("conversation"))
+    def conversation_link(self, obj: MediaFile) -> str:
+        url = reverse("admin:botapp_conversation_change", args=[obj.conversation_id])
+        return format_html('<a href="{}">{}</a>', url, obj.conversation)
+
+    @admin.display(description=_("size"))
+    def dimensions(self, obj: MediaFile) -> str:
+        if obj.width:
+            return f"{obj.width}×{obj.height}"
+        return f"{obj.duration_seconds} s" if obj.duration_seconds is not None else "-"
+
+    @admin.display(description=_("file"))
+    def open_file(self, obj: MediaFile) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("web:media", args=[obj.pk]), _("open"))
 
 
 @admin.register(UsageRecord)

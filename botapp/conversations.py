@@ -8,6 +8,7 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import timedelta
@@ -24,13 +25,15 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
-from botapp import llm
+from botapp import llm, media
+from botapp.database import database_retry, is_unavailable
 from botapp.documents import context as documents_context
 from botapp.documents import services as documents_services
 from botapp.models import (
     Bot,
     Channel,
     Conversation,
+    MediaFile,
     Message,
     MessageStatus,
     ModelPrice,
@@ -40,6 +43,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.storable import storable_text
 from botapp.usage import budget_refusal, price_in_force, profile_for, usage_record_create
 
 logger = logging.getLogger(__name__)
@@ -90,10 +94,18 @@ class Reply:
 
 
 def validate_text(text: str, *, has_attachments: bool = False) -> str:
-    """The text to store, or ReplyRefused with a sentence when there is nothing usable."""
-    if not (text or "").strip() and not has_attachments:
+    """The text to store (NUL and broken characters removed), or ReplyRefused when there is nothing usable."""
+    text = storable_text(text or "")
+    if not text.strip() and not has_attachments:
         raise ReplyRefused(_("Your message is empty. Write something and send it again."))
-    return text or ""
+    return text
+
+
+def _tokens_of_question(text: str, *, model: str) -> int:
+    # A message over the limit is stored to be refused with a sentence; counting it could take long or fail.
+    if len(text) > settings.MAX_MESSAGE_CHARS:
+        return len(text) // 4
+    return llm.count_tokens(text, model=model)
 
 
 def turn_accept(
@@ -114,7 +126,7 @@ def turn_accept(
         sender=sender or conversation.user,
         content=text,
         attachments=list(attachments),
-        token_count=llm.count_tokens(text, model=model) + llm.TOKENS_PER_IMAGE * len(_images(attachments)),
+        token_count=_tokens_of_question(text, model=model) + llm.TOKENS_PER_IMAGE * len(_images(attachments)),
         telegram_message_id=telegram_message_id,
         created_at=now,
     )
@@ -156,17 +168,18 @@ def documents_accept(
     sender = sender or conversation.user
     model = conversation.effective_model
     now = timezone.now()
+    text = storable_text(text or "")
     message = Message(
         conversation=conversation,
         role=Role.USER,
         sender=sender,
-        content=text or "",
-        token_count=llm.count_tokens(text or "", model=model),
+        content=text,
+        token_count=_tokens_of_question(text, model=model),
         telegram_message_id=telegram_message_id,
         created_at=now,
     )
     reply = None
-    if (text or "").strip():
+    if text.strip():
         reply = Message(
             conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
         )
@@ -384,9 +397,15 @@ LEASE_POLL_SECONDS = 0.05
 async def _lease_keep(conversation_id: int, token: str) -> None:
     while True:
         await asyncio.sleep(LEASE.total_seconds() / 3)
-        await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
-            answering_until=timezone.now() + LEASE
-        )
+        try:
+            await Conversation.objects.filter(pk=conversation_id, answering_token=token).aupdate(
+                answering_until=timezone.now() + LEASE
+            )
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # The answer goes on; the lease is renewed on the next round, or runs out if the database stays away.
+            logger.warning("Could not renew the lease of conversation %s: the database is unavailable", conversation_id)
 
 
 def leases_release(*, bot: Bot) -> int:
@@ -396,10 +415,11 @@ def leases_release(*, bot: Bot) -> int:
     )
 
 
-def _begin(turn: Turn, token: str) -> Context | None:
+def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None) -> Any:
     """Take the conversation's lease, check the turn and build its context, in one trip to the database.
 
     None while another process holds the lease; a refused turn is stored as failed and the lease let go.
+    `prepare` checks and builds (the chat context by default; a picture's plan for /image turns).
     """
     now = timezone.now()
     taken = Conversation.objects.filter(
@@ -408,7 +428,7 @@ def _begin(turn: Turn, token: str) -> Context | None:
     if not taken:
         return None
     try:
-        return _check_and_build(turn)
+        return (prepare or _check_and_build)(turn)
     except ReplyRefused as refusal:
         with transaction.atomic():
             _refuse(turn, str(refusal))
@@ -426,7 +446,8 @@ def _lease_release_now(conversation_id: int, token: str) -> None:
 
 
 async def _lease_release(conversation_id: int, token: str) -> None:
-    await sync_to_async(_lease_release_now)(conversation_id, token)
+    # Tried until the lease would have run out anyway.
+    await database_retry(_lease_release_now, conversation_id, token, deadline=LEASE.total_seconds())
 
 
 def _refuse(turn: Turn, sentence: str) -> None:
@@ -436,6 +457,12 @@ def _refuse(turn: Turn, sentence: str) -> None:
 
 
 def _check_and_build(turn: Turn) -> Context:
+    _check_turn(turn)
+    return context_build(turn)
+
+
+def _check_turn(turn: Turn) -> None:
+    """ReplyRefused when the turn may not be answered: a message too long, a blocked person, a spent budget."""
     # A background job may have titled or summarised the conversation since the turn was read.
     fresh = (
         Conversation.objects.select_related("persona")
@@ -457,7 +484,6 @@ def _check_and_build(turn: Turn) -> Context:
     refusal = budget_refusal(user=sender, profile=profile)
     if refusal:
         raise ReplyRefused(refusal)
-    return context_build(turn)
 
 
 def _store_answer(
@@ -482,6 +508,7 @@ def _store_answer(
             input_tokens=context.input_tokens, output_tokens=llm.count_tokens(text, model=model), model=model
         )
     reply = turn.reply
+    text = storable_text(text)
     reply.content = text
     reply.status = status
     reply.error = error
@@ -558,8 +585,11 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
                 if context is not None:
                     break
                 await asyncio.sleep(LEASE_POLL_SECONDS)
-        except asyncio.CancelledError:
-            # The database thread may take the lease after this task stops waiting; its queue runs in order.
+        except ReplyRefused:
+            raise
+        except BaseException:
+            # Cancelled, or the database failed after the lease was taken: the lease must not outlive this turn.
+            # (The database thread may take the lease after this task stops waiting; its queue runs in order.)
             await asyncio.shield(_lease_release(conversation_id, token))
             raise
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
@@ -572,28 +602,31 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
             async def store(**kwargs: Any) -> UsageRecord | None:
                 nonlocal stored
                 latency_ms = int((time.monotonic() - started) * 1000)
-                # Shielded: a second cancellation must not lose what was already spent.
+                # Shielded: a second cancellation must not lose what was already spent. Retried while the
+                # database is away: the person may have seen the answer, so it is stored and billed once it is back.
                 record = await asyncio.shield(
-                    sync_to_async(_store_answer)(
-                        turn, context=context, latency_ms=latency_ms, lease_token=token, **kwargs
+                    database_retry(
+                        _store_answer, turn, context=context, latency_ms=latency_ms, lease_token=token, **kwargs
                     )
                 )
                 stored = True
                 return record
 
+            stream = llm.chat_stream(
+                messages=context.messages,
+                model=context.model,
+                temperature=context.temperature,
+                max_tokens=context.max_output_tokens,
+            )
             try:
-                async for item in llm.chat_stream(
-                    messages=context.messages,
-                    model=context.model,
-                    temperature=context.temperature,
-                    max_tokens=context.max_output_tokens,
-                ):
-                    if isinstance(item, llm.Usage):
-                        usage = item
-                        continue
-                    parts.append(item)
-                    if on_delta is not None:
-                        await on_delta(item, "".join(parts))
+                async with aclosing(stream):
+                    async for item in stream:
+                        if isinstance(item, llm.Usage):
+                            usage = item
+                            continue
+                        parts.append(item)
+                        if on_delta is not None:
+                            await on_delta(item, "".join(parts))
             except asyncio.CancelledError:
                 text = "".join(parts)
                 logger.info("Answer in conversation %s stopped after %d characters", conversation_id, len(text))
@@ -605,6 +638,13 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
                 status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
                 await store(text=text, usage=usage, status=status, error=str(exc))
                 raise ReplyFailed(str(exc), partial=text) from exc
+            except Exception:
+                # Showing the answer failed (the chat, a callback): what the model wrote and cost is still kept.
+                text = "".join(parts)
+                logger.exception("Answer in conversation %s broke off after %d characters", conversation_id, len(text))
+                status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
+                await store(text=text, usage=usage, status=status, error=_("The answer could not be delivered."))
+                raise
             text = "".join(parts)
             record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
             return Reply(message=turn.reply, usage=record, text=text, sources=context.sources)
@@ -684,6 +724,7 @@ def conversation_start(
     telegram_chat_id: int | None = None,
     persona: Persona | None = None,
     title: str = "",
+    voice_answers: bool | None = None,
 ) -> Conversation:
     """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept)."""
     if persona is None:
@@ -696,7 +737,13 @@ def conversation_start(
                 is_active=False
             )
         return Conversation.objects.create(
-            user=user, channel=channel, bot=bot, telegram_chat_id=telegram_chat_id, persona=persona, title=title
+            user=user,
+            channel=channel,
+            bot=bot,
+            telegram_chat_id=telegram_chat_id,
+            persona=persona,
+            title=title,
+            voice_answers=voice_answers,
         )
 
 
@@ -765,3 +812,129 @@ async def audio_transcribe(
         audio_seconds=seconds,
     )
     return llm.Transcript(text=transcript.text, audio_seconds=seconds, model=transcript.model)
+
+
+# --- Pictures and speech (made and kept by botapp.media) -----------------------------------------
+
+
+@dataclass
+class Drawn:
+    """A stored /image turn's answer: the message, its picture and the ledger row that paid for it."""
+
+    message: Message
+    media: MediaFile
+    usage: UsageRecord
+
+
+def _plan_picture(turn: Turn) -> media.PicturePlan:
+    _check_turn(turn)
+    return media.picture_plan(conversation=turn.conversation)
+
+
+def _store_picture(turn: Turn, *, stored: media.StoredPicture, latency_ms: int, lease_token: str) -> Drawn:
+    """The answer, its picture and its ledger row in one write, letting go of the lease (like `_store_answer`)."""
+    reply = turn.reply
+    picture = stored.picture
+    reply.content = picture.revised_prompt or stored.prompt
+    reply.status = MessageStatus.COMPLETE
+    reply.error = ""
+    reply.model = picture.model
+    reply.input_tokens = picture.usage.input_tokens if picture.usage else 0
+    reply.output_tokens = picture.usage.output_tokens if picture.usage else 0
+    reply.token_count = llm.count_tokens(reply.content, model=turn.conversation.effective_model)
+    reply.latency_ms = latency_ms
+    reply.created_at = timezone.now()
+    sender = turn.user_message.sender or turn.conversation.user
+    held = Q(answering_token=lease_token)
+    with transaction.atomic():
+        reply.save(
+            update_fields=[
+                "content",
+                "status",
+                "error",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "token_count",
+                "latency_ms",
+                "created_at",
+            ]
+        )
+        Conversation.objects.filter(pk=turn.conversation.pk).update(
+            updated_at=reply.created_at,
+            answering_until=Case(When(held, then=None), default=F("answering_until")),
+            answering_token=Case(When(held, then=Value("")), default=F("answering_token")),
+        )
+        picture_file, record = media.picture_record(
+            stored=stored,
+            conversation=turn.conversation,
+            requested_by=sender,
+            message=reply,
+            charge_message=reply,
+        )
+    return Drawn(message=reply, media=picture_file, usage=record)
+
+
+def _picture_failed(turn: Turn, sentence: str, token: str) -> None:
+    with transaction.atomic():
+        _refuse(turn, sentence)
+        _lease_release_now(turn.conversation.pk, token)
+
+
+async def turn_draw(turn: Turn, *, prompt: str, source: media.ImageSource | None = None) -> Drawn:
+    """Answer a stored /image turn with a picture (an edit of `source` when given). Raises ReplyError.
+
+    The same rules as a chat answer: the conversation's lease, the person's access and budget checked
+    before the provider is called, and the answer stored with its ledger row (kind `image`) in one write.
+    The provider's refusals (safety, an unsupported size, a timeout) are stored on the turn as sentences.
+    """
+    conversation_id = turn.conversation.pk
+    async with _lock_for(conversation_id):
+        token = secrets.token_hex(8)
+        try:
+            while True:
+                plan = await sync_to_async(_begin)(turn, token, _plan_picture)
+                if plan is not None:
+                    break
+                await asyncio.sleep(LEASE_POLL_SECONDS)
+        except ReplyRefused:
+            raise
+        except BaseException:
+            await asyncio.shield(_lease_release(conversation_id, token))
+            raise
+        keeper = asyncio.create_task(_lease_keep(conversation_id, token))
+        stored = None
+        try:
+            started = time.monotonic()
+            try:
+                stored = await media.picture_make(plan=plan, prompt=prompt, source=source)
+            except media.MediaError as exc:
+                logger.info("No picture in conversation %s: %s", conversation_id, exc)
+                await asyncio.shield(sync_to_async(_picture_failed)(turn, str(exc), token))
+                raise (ReplyRefused if isinstance(exc, media.MediaRefused) else ReplyFailed)(str(exc)) from exc
+            latency_ms = int((time.monotonic() - started) * 1000)
+            # Shielded and retried while the database is away: the picture is paid for and must not be lost.
+            return await asyncio.shield(
+                database_retry(_store_picture, turn, stored=stored, latency_ms=latency_ms, lease_token=token)
+            )
+        except BaseException:
+            if stored is not None and not await sync_to_async(_picture_kept)(stored.name):
+                await asyncio.shield(sync_to_async(media.discard)(stored.name))
+            raise
+        finally:
+            keeper.cancel()
+            await asyncio.shield(_lease_release(conversation_id, token))
+
+
+def _picture_kept(name: str) -> bool:
+    return MediaFile.objects.filter(file=name).exists()
+
+
+async def reply_speak(*, message: Message, requested_by: AbstractBaseUser) -> media.Spoken:
+    """Read an answer out (kept, and charged once as `speech`); raises ReplyError with a sentence."""
+    try:
+        return await media.message_speak(message=message, requested_by=requested_by)
+    except media.MediaRefused as exc:
+        raise ReplyRefused(str(exc)) from exc
+    except media.MediaError as exc:
+        raise ReplyFailed(str(exc)) from exc

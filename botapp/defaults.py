@@ -29,6 +29,30 @@ EMBEDDING_PRICES = [
     ("text-embedding-3-large", "0.13"),
     ("text-embedding-ada-002", "0.10"),
 ]
+# Image models billed by tokens: text input, image input, image output / 1M tokens.
+IMAGE_TOKEN_PRICES = [
+    ("gpt-image-1", "5.00", "10.00", "40.00"),
+    ("gpt-image-1-mini", "2.00", "2.50", "8.00"),
+]
+# Image models billed per picture: (size, quality, USD); an empty quality stands for any.
+IMAGE_PICTURE_PRICES = [
+    (
+        "dall-e-3",
+        [
+            ("1024x1024", "standard", "0.040"),
+            ("1024x1024", "hd", "0.080"),
+            ("1024x1792", "standard", "0.080"),
+            ("1792x1024", "standard", "0.080"),
+            ("1024x1792", "hd", "0.120"),
+            ("1792x1024", "hd", "0.120"),
+        ],
+    ),
+    ("dall-e-2", [("1024x1024", "", "0.020"), ("512x512", "", "0.018"), ("256x256", "", "0.016")]),
+]
+# Speech models billed by tokens: text input / 1M tokens, audio output / 1M tokens.
+SPEECH_TOKEN_PRICES = [("gpt-4o-mini-tts", "0.60", "12.00")]
+# Speech models billed by characters: USD / 1M characters.
+SPEECH_CHARACTER_PRICES = [("tts-1", "15.00"), ("tts-1-hd", "30.00")]
 JARVIS_PROMPT = (
     "You are Jarvis, a personal assistant in the spirit of Tony Stark's: courteous, precise and brief. "
     "Answer in the language the user writes in. Use Markdown for code and lists when it helps."
@@ -67,3 +91,33 @@ def seed_defaults(model_price: Any, persona: Any) -> None:
             "max_output_tokens": 1024,
         },
     )
+
+
+def seed_media_prices(model_price: Any, image_price: Any) -> None:
+    """Create the default image and speech prices if missing; takes the model classes (real or historical)."""
+    for model, text_input, image_input, image_output in IMAGE_TOKEN_PRICES:
+        model_price.objects.get_or_create(
+            model=model,
+            valid_from=PRICES_VALID_FROM,
+            defaults={
+                "input_per_mtok": Decimal(text_input),
+                "image_input_per_mtok": Decimal(image_input),
+                "image_output_per_mtok": Decimal(image_output),
+            },
+        )
+    for model, pictures in IMAGE_PICTURE_PRICES:
+        row, _created = model_price.objects.get_or_create(model=model, valid_from=PRICES_VALID_FROM)
+        for size, quality, usd in pictures:
+            image_price.objects.get_or_create(
+                price=row, size=size, quality=quality, defaults={"usd_per_image": Decimal(usd)}
+            )
+    for model, text_input, audio_output in SPEECH_TOKEN_PRICES:
+        model_price.objects.get_or_create(
+            model=model,
+            valid_from=PRICES_VALID_FROM,
+            defaults={"input_per_mtok": Decimal(text_input), "output_per_mtok": Decimal(audio_output)},
+        )
+    for model, per_million in SPEECH_CHARACTER_PRICES:
+        model_price.objects.get_or_create(
+            model=model, valid_from=PRICES_VALID_FROM, defaults={"per_mchars": Decimal(per_million)}
+        )

@@ -1,8 +1,11 @@
-"""The model provider: the only module that imports `openai` (chat, transcription, embeddings, token counting)."""
+"""The model provider: the only module that imports `openai` (chat, transcription, embeddings, pictures, speech)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -77,6 +80,14 @@ class LLMStreamBroken(LLMError):
     """The answer stopped arriving part-way through."""
 
 
+class LLMContentRefused(LLMError):
+    """The provider's safety system refused the request."""
+
+
+class LLMUnsupportedOption(LLMBadRequest):
+    """The provider does not accept an option Jarvis sent (a picture size or quality, a voice)."""
+
+
 # --- Results ------------------------------------------------------------------------------------
 
 
@@ -95,6 +106,32 @@ class Transcript:
     text: str
     audio_seconds: Decimal
     model: str
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture the provider made and the usage it reported (None: it reported none, e.g. dall-e-3)."""
+
+    data: bytes
+    model: str
+    size: str
+    quality: str
+    revised_prompt: str = ""
+    # Of input_tokens, those of pictures sent in; of output_tokens, those of the picture made.
+    usage: Usage | None = None
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Audio the provider spoke, with the tokens it reported (None: billed by characters, e.g. tts-1)."""
+
+    data: bytes
+    model: str
+    content_type: str
+    characters: int
+    usage: Usage | None = None
 
 
 # --- Client -------------------------------------------------------------------------------------
@@ -158,6 +195,13 @@ def _translate(exc: Exception, *, model: str) -> LLMError:
             % {"model": model}
         )
     if isinstance(exc, openai.BadRequestError):
+        if getattr(exc, "code", None) in SAFETY_CODES:
+            return LLMContentRefused(
+                _(
+                    "The AI service refused this request because of its safety rules. "
+                    "Please describe something else or word it differently."
+                )
+            )
         if getattr(exc, "code", None) == "context_length_exceeded":
             return LLMContextTooLong(
                 _("The conversation is too long for the model. Start a new conversation with /new.")
@@ -330,6 +374,225 @@ async def embed(*, texts: Sequence[str], model: str, dimensions: int | None = No
     return Embeddings(vectors=vectors, usage=usage, estimated=estimated)
 
 
+# --- Pictures -----------------------------------------------------------------------------------
+
+# What the provider calls a request its safety system refused (GPT image models, dall-e, chat).
+SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation", "content_filter"})
+# A picture fetched from a URL (providers that do not send it inline) is read up to this size.
+MAX_PICTURE_BYTES = 50 * 1024 * 1024
+
+
+def _bills_per_picture(model: str) -> bool:
+    # dall-e models answer with a URL unless asked for base64; GPT image models refuse the parameter.
+    return model.startswith("dall-e")
+
+
+def _image_client() -> openai.AsyncOpenAI:
+    # A picture takes much longer than an answer starts; and no retries: each attempt may be billed.
+    return get_client().with_options(timeout=httpx2.Timeout(settings.OPENAI_IMAGE_TIMEOUT, connect=10.0), max_retries=0)
+
+
+def _option_refused(exc: openai.BadRequestError, *, size: str, quality: str) -> LLMError | None:
+    param = (getattr(exc, "param", None) or "").lower()
+    text = (exc.message or "").lower()
+    if param == "size" or (not param and size and size.lower() in text):
+        return LLMUnsupportedOption(
+            _(
+                "The image model does not accept the picture size “%(size)s”: %(reason)s "
+                "An admin can choose another size for the persona."
+            )
+            % {"size": size, "reason": exc.message}
+        )
+    if param == "quality" or (not param and quality and f"'{quality.lower()}'" in text):
+        return LLMUnsupportedOption(
+            _(
+                "The image model does not accept the picture quality “%(quality)s”: %(reason)s "
+                "An admin can choose another quality for the persona."
+            )
+            % {"quality": quality, "reason": exc.message}
+        )
+    return None
+
+
+def _picture_timeout() -> LLMTimeout:
+    return LLMTimeout(
+        _(
+            "The picture was not ready within %(seconds)d seconds. Please try again in a minute, "
+            "perhaps with a simpler description."
+        )
+        % {"seconds": int(settings.OPENAI_IMAGE_TIMEOUT)}
+    )
+
+
+async def _picture_call(call: Any, *, model: str, size: str, quality: str) -> Any:
+    try:
+        async with asyncio.timeout(settings.OPENAI_IMAGE_TIMEOUT):
+            return await call
+    except TimeoutError as exc:
+        raise _picture_timeout() from exc
+    except openai.APITimeoutError as exc:
+        raise _picture_timeout() from exc
+    except openai.BadRequestError as exc:
+        refused = None
+        if getattr(exc, "code", None) not in SAFETY_CODES:
+            refused = _option_refused(exc, size=size, quality=quality)
+        raise (refused or _translate(exc, model=model)) from exc
+    except Exception as exc:
+        raise _translate(exc, model=model) from exc
+
+
+async def _picture_from(response: Any, *, model: str, size: str, quality: str) -> Picture:
+    item = response.data[0] if response.data else None
+    if item is None:
+        raise LLMBadRequest(_("The image service answered without a picture. Please try again."))
+    if item.b64_json:
+        try:
+            data = base64.b64decode(item.b64_json, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise LLMStreamBroken(_("The image service sent a picture Jarvis cannot read. Please try again.")) from exc
+    elif item.url:
+        data = await _download_picture(item.url, model=model)
+    else:
+        raise LLMBadRequest(_("The image service answered without a picture. Please try again."))
+    usage = None
+    image_in = image_out = 0
+    raw = getattr(response, "usage", None)
+    if raw is not None:
+        usage = Usage(input_tokens=raw.input_tokens or 0, output_tokens=raw.output_tokens or 0, model=model)
+        details_in = getattr(raw, "input_tokens_details", None)
+        image_in = (getattr(details_in, "image_tokens", 0) or 0) if details_in is not None else 0
+        details_out = getattr(raw, "output_tokens_details", None)
+        # GPT image models make image tokens only, unless they say otherwise.
+        image_out = (getattr(details_out, "image_tokens", 0) or 0) if details_out is not None else usage.output_tokens
+    return Picture(
+        data=data,
+        model=model,
+        size=getattr(response, "size", None) or size,
+        quality=getattr(response, "quality", None) or quality,
+        revised_prompt=item.revised_prompt or "",
+        usage=usage,
+        image_input_tokens=image_in,
+        image_output_tokens=image_out,
+    )
+
+
+async def _download_picture(url: str, *, model: str) -> bytes:
+    try:
+        async with httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, connect=10.0)) as client:
+            async with client.stream("GET", url) as response:
+                response.raise_for_status()
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_PICTURE_BYTES:
+                        raise LLMBadRequest(_("The image service sent a picture over 50 MB. Please try again."))
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except httpx2.HTTPError as exc:
+        logger.warning("Could not fetch the picture %s made: %s", model, exc.__class__.__name__)
+        raise LLMUnavailable(_("Jarvis could not fetch the picture from the image service. Please try again.")) from exc
+
+
+def _picture_options(*, model: str, size: str, quality: str) -> dict[str, Any]:
+    options: dict[str, Any] = {"model": model, "n": 1}
+    if size:
+        options["size"] = size
+    if quality:
+        options["quality"] = quality
+    if _bills_per_picture(model):
+        options["response_format"] = "b64_json"
+    return options
+
+
+async def image_generate(*, prompt: str, model: str, size: str = "", quality: str = "") -> Picture:
+    """Draw a picture from `prompt`; size and quality as given (empty: the model's default)."""
+    options = _picture_options(model=model, size=size, quality=quality)
+    call = _image_client().images.generate(prompt=prompt, **options)
+    response = await _picture_call(call, model=model, size=size, quality=quality)
+    return await _picture_from(response, model=model, size=size, quality=quality)
+
+
+async def image_edit(
+    *, prompt: str, image: bytes, filename: str, content_type: str, model: str, size: str = "", quality: str = ""
+) -> Picture:
+    """Change `image` as `prompt` says; the provider reports the input picture's tokens separately."""
+    options = _picture_options(model=model, size=size, quality=quality)
+    call = _image_client().images.edit(prompt=prompt, image=(filename, image, content_type), **options)
+    response = await _picture_call(call, model=model, size=size, quality=quality)
+    return await _picture_from(response, model=model, size=size, quality=quality)
+
+
+# --- Speech -------------------------------------------------------------------------------------
+
+# The provider reads at most this many characters per request.
+SPEECH_MAX_CHARS = 4096
+SPEECH_CONTENT_TYPES = {"opus": "audio/ogg", "mp3": "audio/mpeg", "aac": "audio/aac", "wav": "audio/wav"}
+
+
+def bills_per_character(model: str) -> bool:
+    # tts-1 and tts-1-hd are billed by characters and cannot stream events (which carry the usage).
+    return model.startswith("tts-1")
+
+
+async def speech(*, text: str, model: str, voice: str, response_format: str = "opus") -> Speech:
+    """Read `text` out; token-billed models are asked for server-sent events, whose last one holds the usage."""
+    client = get_client()
+    params: dict[str, Any] = {"model": model, "input": text, "voice": voice, "response_format": response_format}
+    if not bills_per_character(model):
+        params["stream_format"] = "sse"
+    usage: Usage | None = None
+    try:
+        async with client.audio.speech.with_streaming_response.create(**params) as response:
+            if "text/event-stream" in response.headers.get("content-type", ""):
+                data, usage = await _speech_events(response.iter_lines(), model=model)
+            else:
+                data = await response.read()
+    except LLMError:
+        raise
+    except openai.BadRequestError as exc:
+        if (getattr(exc, "param", None) or "") == "voice":
+            raise LLMUnsupportedOption(
+                _("The speech model does not know the voice “%(voice)s”: %(reason)s An admin can pick another one.")
+                % {"voice": voice, "reason": exc.message}
+            ) from exc
+        raise _translate(exc, model=model) from exc
+    except Exception as exc:
+        raise _translate(exc, model=model) from exc
+    if not data:
+        raise LLMStreamBroken(_("The speech service sent no audio. Please try again."))
+    return Speech(
+        data=data,
+        model=model,
+        content_type=SPEECH_CONTENT_TYPES.get(response_format, "application/octet-stream"),
+        characters=len(text),
+        usage=usage,
+    )
+
+
+async def _speech_events(lines: AsyncIterator[str], *, model: str) -> tuple[bytes, Usage | None]:
+    chunks: list[bytes] = []
+    usage = None
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload or payload == "[DONE]":
+            continue
+        event = json.loads(payload)
+        if event.get("type") == "speech.audio.delta":
+            chunks.append(base64.b64decode(event.get("audio") or ""))
+        elif event.get("type") == "speech.audio.done" and event.get("usage"):
+            raw = event["usage"]
+            usage = Usage(
+                input_tokens=int(raw.get("input_tokens") or 0),
+                output_tokens=int(raw.get("output_tokens") or 0),
+                model=model,
+            )
+    if usage is None:
+        raise LLMStreamBroken(_("The speech service stopped before the audio was finished. Please try again."))
+    return b"".join(chunks), usage
+
+
 # --- Token counting (offline: bpe-openai ships its vocabularies) ----------------------------------
 
 
@@ -343,11 +606,21 @@ def _encoding(model: str) -> bpe_openai.Encoding:
     return bpe_openai.get_encoding(name)
 
 
+# The tokenizer refuses very long input; longer text is counted in slices (a token or two off at each cut).
+COUNT_SLICE_CHARS = 200_000
+
+
 def count_tokens(text: str, *, model: str) -> int:
     """Tokens in `text` for `model`, counted locally."""
     if not text:
         return 0
-    return _count(text, model)
+    if len(text) <= COUNT_SLICE_CHARS:
+        return _count(text, model)
+    encoding = _encoding(model)
+    return sum(
+        len(encoding.encode(text[start : start + COUNT_SLICE_CHARS]))
+        for start in range(0, len(text), COUNT_SLICE_CHARS)
+    )
 
 
 @lru_cache(maxsize=256)

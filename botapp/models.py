@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -105,6 +107,37 @@ class Persona(models.Model):
         _("max output tokens"), default=1024, validators=[MinValueValidator(1), MaxValueValidator(128000)]
     )
     is_active = models.BooleanField(_("offered to users"), default=True)
+    image_size = models.CharField(
+        _("picture size"),
+        max_length=32,
+        blank=True,
+        default="1024x1024",
+        help_text=_(
+            "WIDTHxHEIGHT as the image model accepts it (gpt-image-1: 1024x1024, 1536x1024, 1024x1536 or auto; "
+            "dall-e-3: 1024x1024, 1792x1024 or 1024x1792). Empty: the model's default."
+        ),
+    )
+    image_quality = models.CharField(
+        _("picture quality"),
+        max_length=16,
+        blank=True,
+        help_text=_("gpt-image-1: low, medium, high or auto; dall-e-3: standard or hd. Empty: the model's default."),
+    )
+    voice = models.CharField(
+        _("voice"),
+        max_length=64,
+        blank=True,
+        default="alloy",
+        help_text=_(
+            "The speech model's voice: alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, ... "
+            "Empty: alloy."
+        ),
+    )
+    speaks_by_default = models.BooleanField(
+        _("answers with voice notes"),
+        default=False,
+        help_text=_("Telegram answers come as voice notes (with their text); each chat can switch with /voice."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -195,6 +228,12 @@ class Conversation(models.Model):
     )
     is_active = models.BooleanField(
         _("active"), default=True, help_text=_("The conversation new messages in its chat go to.")
+    )
+    voice_answers = models.BooleanField(
+        _("voice answers"),
+        null=True,
+        blank=True,
+        help_text=_("Telegram answers as voice notes (switched with /voice). Empty: the persona's default."),
     )
     # A lease, so that processes on several machines never answer in one conversation at once.
     answering_until = models.DateTimeField(null=True, blank=True, editable=False)
@@ -306,6 +345,30 @@ class ModelPrice(models.Model):
     audio_per_minute = models.DecimalField(
         _("USD / audio minute"), **UNIT_PRICE, default=Decimal("0"), validators=[MinValueValidator(Decimal("0"))]
     )
+    image_input_per_mtok = models.DecimalField(
+        _("image input USD / 1M tokens"),
+        **UNIT_PRICE,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Image models billed by tokens: tokens of pictures sent to be edited. Empty: as input."),
+    )
+    image_output_per_mtok = models.DecimalField(
+        _("image output USD / 1M tokens"),
+        **UNIT_PRICE,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Image models billed by tokens: tokens of the pictures made. Empty: as output."),
+    )
+    per_mchars = models.DecimalField(
+        _("USD / 1M characters"),
+        **UNIT_PRICE,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Speech models billed by the characters they read out (tts-1). Empty: not billed that way."),
+    )
     context_window = models.PositiveIntegerField(_("context window (tokens)"), null=True, blank=True)
     supports_images = models.BooleanField(_("accepts images"), default=False)
     valid_from = models.DateTimeField(_("valid from"), default=timezone.now)
@@ -320,11 +383,33 @@ class ModelPrice(models.Model):
         return f"{self.model} from {self.valid_from:%Y-%m-%d}"
 
 
+class ModelImagePrice(models.Model):
+    """What one picture of a size and quality costs, for image models billed per picture (dall-e-3)."""
+
+    price = models.ForeignKey(ModelPrice, on_delete=models.CASCADE, related_name="image_prices")
+    size = models.CharField(_("size"), max_length=32, help_text=_("WIDTHxHEIGHT, e.g. 1024x1024."))
+    quality = models.CharField(
+        _("quality"), max_length=16, blank=True, help_text=_("e.g. standard or hd. Empty: any quality.")
+    )
+    usd_per_image = models.DecimalField(_("USD / picture"), **UNIT_PRICE, validators=[MinValueValidator(Decimal("0"))])
+
+    class Meta:
+        verbose_name = _("price per picture")
+        verbose_name_plural = _("prices per picture")
+        ordering = ["size", "quality"]
+        constraints = [models.UniqueConstraint(fields=["price", "size", "quality"], name="one_price_per_picture_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.size} {self.quality or '*'}: ${self.usd_per_image}"
+
+
 class UsageKind(models.TextChoices):
     CHAT = "chat", _("Chat")
     TRANSCRIPTION = "transcription", _("Transcription")
     SUMMARY = "summary", _("Summary")
     TITLE = "title", _("Title")
+    IMAGE = "image", _("Picture")
+    SPEECH = "speech", _("Speech")
     EMBEDDING = "embedding", _("Embedding")
 
 
@@ -354,11 +439,25 @@ class UsageRecord(models.Model):
     cached_input_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
     output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
     audio_seconds = models.DecimalField(_("audio seconds"), max_digits=12, decimal_places=3, default=Decimal("0"))
+    image_input_tokens = models.PositiveIntegerField(
+        _("image input tokens"), default=0, help_text=_("Of the input tokens: those of pictures.")
+    )
+    image_output_tokens = models.PositiveIntegerField(
+        _("image output tokens"), default=0, help_text=_("Of the output tokens: those of pictures.")
+    )
+    characters = models.PositiveIntegerField(_("characters"), default=0, help_text=_("Read out by a speech model."))
+    images = models.PositiveIntegerField(_("pictures"), default=0, help_text=_("Billed per picture."))
+    image_size = models.CharField(_("picture size"), max_length=32, blank=True)
+    image_quality = models.CharField(_("picture quality"), max_length=16, blank=True)
     price = models.ForeignKey(ModelPrice, on_delete=models.SET_NULL, null=True, blank=True, editable=False)
     input_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
     cached_input_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
     output_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
     audio_price_per_minute = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    image_input_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    image_output_price_per_mtok = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    characters_price_per_m = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    image_price_each = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
     cost_usd = models.DecimalField(_("cost (USD)"), **USD, default=Decimal("0"))
     priced = models.BooleanField(_("priced"), default=True, help_text=_("False: no price was known for the model."))
     status = models.CharField(_("status"), max_length=16, choices=UsageStatus.choices, default=UsageStatus.COMPLETE)
@@ -395,6 +494,62 @@ class UsageRecord(models.Model):
 
     def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
         raise TypeError("The usage ledger is append-only: a usage record is never deleted.")
+
+
+class MediaKind(models.TextChoices):
+    IMAGE = "image", _("Picture")
+    SPEECH = "speech", _("Speech")
+
+
+def media_upload_to(instance: MediaFile, filename: str) -> str:
+    """Where a file goes in the storage: by kind and day, under a name nobody can guess."""
+    suffix = PurePosixPath(filename).suffix.lower()[:8]
+    return f"{instance.kind}/{timezone.now():%Y/%m/%d}/{secrets.token_hex(16)}{suffix}"
+
+
+class MediaFile(models.Model):
+    """A picture or a recording Jarvis made, kept in the file storage and shown with its conversation.
+
+    Deleting the row deletes the file (botapp.media); the ledger row that paid for it stays.
+    """
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="media")
+    message = models.ForeignKey(
+        Message,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="media",
+        help_text=_("The answer it belongs to."),
+    )
+    usage = models.OneToOneField(
+        UsageRecord, on_delete=models.SET_NULL, null=True, blank=True, related_name="media", editable=False
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    kind = models.CharField(_("kind"), max_length=16, choices=MediaKind.choices)
+    file = models.FileField(_("file"), upload_to=media_upload_to, max_length=255)
+    content_type = models.CharField(_("content type"), max_length=100)
+    size_bytes = models.PositiveIntegerField(_("size (bytes)"))
+    width = models.PositiveIntegerField(_("width"), null=True, blank=True)
+    height = models.PositiveIntegerField(_("height"), null=True, blank=True)
+    duration_seconds = models.DecimalField(_("duration (s)"), max_digits=9, decimal_places=3, null=True, blank=True)
+    prompt = models.TextField(_("prompt"), blank=True, help_text=_("What the picture was made from."))
+    model = models.CharField(_("model"), max_length=100, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("generated file")
+        verbose_name_plural = _("generated files")
+        ordering = ["id"]
+        constraints = [
+            # An answer is read out once; the recording is kept and played again.
+            models.UniqueConstraint(fields=["message"], condition=Q(kind="speech"), name="one_recording_per_message")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.pk}"
 
 
 class ProcessedUpdate(models.Model):

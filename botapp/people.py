@@ -8,16 +8,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
 from botapp.models import Profile, TelegramIdentity
+from botapp.storable import storable_text
 
 
 def _names(
     username: str | None, first_name: str | None, last_name: str | None, language_code: str | None
 ) -> dict[str, str]:
     return {
-        "username": username or "",
-        "first_name": (first_name or "")[:128],
-        "last_name": (last_name or "")[:128],
-        "language_code": language_code or "",
+        "username": storable_text(username or "")[:64],
+        "first_name": storable_text(first_name or "")[:128],
+        "last_name": storable_text(last_name or "")[:128],
+        "language_code": storable_text(language_code or "")[:16],
     }
 
 

@@ -458,6 +458,7 @@ def conversation_transcript(*, conversation: Conversation, limit: int = TRANSCRI
     latest = (
         Message.objects.filter(conversation=conversation)
         .select_related("sender")
+        .prefetch_related("media")
         .annotate(
             cost=Coalesce(
                 Subquery(ledger.annotate(n=Sum("cost_usd")).values("n"), output_field=MONEY),

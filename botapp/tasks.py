@@ -16,7 +16,7 @@ import telegram
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 from telegram.error import TelegramError
 
@@ -25,6 +25,7 @@ from botapp.conversations import DEFAULT_SYSTEM_PROMPT, IN_CONTEXT, context_budg
 from botapp.models import (
     Bot,
     Conversation,
+    MediaFile,
     Message,
     Persona,
     ProcessedUpdate,
@@ -386,7 +387,8 @@ def messages_retention() -> str:
 
     `delete` removes old messages and conversations with nothing newer; `anonymise` keeps the rows (who,
     when, tokens) but blanks what was said. Either way titles and summaries built from removed text go,
-    and stored Telegram updates (which hold message text) older than the cut-off are deleted.
+    generated pictures and recordings of old messages are deleted with their files, and stored Telegram
+    updates (which hold message text) older than the cut-off are deleted.
     """
     days = settings.RETENTION_DAYS
     if not days:
@@ -408,6 +410,12 @@ def messages_retention() -> str:
     )
     with transaction.atomic():
         Conversation.objects.filter(id__in=stale_summaries).update(summary="", summary_until_id=None)
+    # Pictures and recordings of old messages go in either mode: each row takes its file with it (botapp.media).
+    old_media = MediaFile.objects.filter(Q(created_at__lt=cutoff) | Q(message__created_at__lt=cutoff))
+    files = 0
+    for batch in _in_batches(list(old_media.values_list("id", flat=True))):
+        with transaction.atomic():
+            files += MediaFile.objects.filter(id__in=batch).delete()[1].get("botapp.MediaFile", 0)
     updates = 0
     for batch in _in_batches(list(ProcessedUpdate.objects.filter(created_at__lt=cutoff).values_list("id", flat=True))):
         with transaction.atomic():
@@ -438,16 +446,17 @@ def messages_retention() -> str:
             )
     verb = "deleted" if mode == "delete" else "anonymised"
     logger.info(
-        "Retention (%s days, %s): %d message(s), %d conversation(s), %d stored update(s)",
+        "Retention (%s days, %s): %d message(s), %d conversation(s), %d stored update(s), %d generated file(s)",
         days,
         mode,
         messages,
         conversations,
         updates,
+        files,
     )
     return (
         f"Retention ({days} days): {messages} message(s) and {conversations} conversation(s) {verb}, "
-        f"{updates} stored Telegram update(s) deleted."
+        f"{updates} stored Telegram update(s) and {files} generated file(s) deleted."
     )
 
 

@@ -17,6 +17,7 @@ from botapp.models import (
     Bot,
     Conversation,
     Message,
+    ModelImagePrice,
     ModelPrice,
     Profile,
     UsageRecord,
@@ -56,15 +57,44 @@ def cost_of(
     cached_input_tokens: int = 0,
     output_tokens: int = 0,
     audio_seconds: Decimal = Decimal("0"),
+    image_input_tokens: int = 0,
+    image_output_tokens: int = 0,
+    characters: int = 0,
+    images: int = 0,
+    image_price_each: Decimal | None = None,
 ) -> Decimal:
-    """The exact cost in USD of a call at `price`; cached input tokens are part of `input_tokens`."""
-    cached = min(cached_input_tokens, input_tokens)
+    """The exact cost in USD of a call at `price`.
+
+    Cached and image input tokens are part of `input_tokens`, image output tokens part of `output_tokens`;
+    pictures billed one by one cost `image_price_each` each (see `image_price_for`).
+    """
+    image_in = min(image_input_tokens, input_tokens)
+    cached = min(cached_input_tokens, input_tokens - image_in)
+    image_out = min(image_output_tokens, output_tokens)
     cached_rate = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+    image_in_rate = price.image_input_per_mtok if price.image_input_per_mtok is not None else price.input_per_mtok
+    image_out_rate = price.image_output_per_mtok if price.image_output_per_mtok is not None else price.output_per_mtok
     tokens = (
-        (input_tokens - cached) * price.input_per_mtok + cached * cached_rate + output_tokens * price.output_per_mtok
+        (input_tokens - image_in - cached) * price.input_per_mtok
+        + cached * cached_rate
+        + image_in * image_in_rate
+        + (output_tokens - image_out) * price.output_per_mtok
+        + image_out * image_out_rate
+        + characters * (price.per_mchars or 0)
     ) / MILLION
     audio = audio_seconds * price.audio_per_minute / SECONDS_PER_MINUTE
-    return (tokens + audio).quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+    pictures = images * (image_price_each or Decimal("0"))
+    return (tokens + audio + pictures).quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def image_price_for(*, price: ModelPrice, size: str, quality: str) -> ModelImagePrice | None:
+    """The per-picture price of `size` and `quality` under `price`: that quality, else any quality.
+
+    A picture asked for without a quality is charged as "standard", the default of models billed this way.
+    """
+    qualities = [quality, ""] if quality else ["", "standard"]
+    rows = {row.quality: row for row in price.image_prices.filter(size=size, quality__in=qualities)}
+    return next((rows[q] for q in qualities if q in rows), None)
 
 
 def usage_record_create(
@@ -80,6 +110,12 @@ def usage_record_create(
     cached_input_tokens: int = 0,
     output_tokens: int = 0,
     audio_seconds: Decimal = Decimal("0"),
+    image_input_tokens: int = 0,
+    image_output_tokens: int = 0,
+    characters: int = 0,
+    images: int = 0,
+    image_size: str = "",
+    image_quality: str = "",
     status: str = UsageStatus.COMPLETE,
     estimated: bool = False,
     at: datetime | None = None,
@@ -88,6 +124,7 @@ def usage_record_create(
     """Append one ledger row, priced at the price in force at `at` (now by default).
 
     A caller that looked the price up when the call began passes it: the call is charged at that price.
+    Pictures billed one by one (`images`) are priced by `image_size` and `image_quality`.
     """
     at = at or timezone.now()
     if price is _LOOK_UP:
@@ -104,6 +141,12 @@ def usage_record_create(
         cached_input_tokens=cached_input_tokens,
         output_tokens=output_tokens,
         audio_seconds=audio_seconds,
+        image_input_tokens=image_input_tokens,
+        image_output_tokens=image_output_tokens,
+        characters=characters,
+        images=images,
+        image_size=image_size,
+        image_quality=image_quality,
         status=status,
         estimated=estimated,
         created_at=at,
@@ -116,21 +159,47 @@ def usage_record_create(
 
 
 def usage_record_price(record: UsageRecord, price: ModelPrice | None) -> UsageRecord:
-    """Fill in a new ledger row's unit prices and cost from `price` (None: flagged as unpriced, $0)."""
+    """Fill in a new ledger row's unit prices and cost from `price` (None: flagged as unpriced, $0).
+
+    Pictures billed one by one need a per-picture price for their size and quality too; without one the
+    row is flagged as unpriced like a model without a price, so it shows in the dashboard's list.
+    """
     if price is None:
         record.priced = False
         return record
+    each = None
+    if record.images:
+        picture = image_price_for(price=price, size=record.image_size, quality=record.image_quality)
+        if picture is None:
+            logger.warning(
+                "No price for a %s %s picture of %s: recorded at $0 and flagged as unpriced",
+                record.image_size,
+                record.image_quality or "(default quality)",
+                record.model,
+            )
+            record.priced = False
+            return record
+        each = picture.usd_per_image
     record.price = price
     record.input_price_per_mtok = price.input_per_mtok
     record.cached_input_price_per_mtok = price.cached_input_per_mtok
     record.output_price_per_mtok = price.output_per_mtok
     record.audio_price_per_minute = price.audio_per_minute
+    record.image_input_price_per_mtok = price.image_input_per_mtok
+    record.image_output_price_per_mtok = price.image_output_per_mtok
+    record.characters_price_per_m = price.per_mchars
+    record.image_price_each = each
     record.cost_usd = cost_of(
         price=price,
         input_tokens=record.input_tokens,
         cached_input_tokens=record.cached_input_tokens,
         output_tokens=record.output_tokens,
         audio_seconds=record.audio_seconds,
+        image_input_tokens=record.image_input_tokens,
+        image_output_tokens=record.image_output_tokens,
+        characters=record.characters,
+        images=record.images,
+        image_price_each=each,
     )
     return record
 

@@ -146,6 +146,33 @@ OPENAI_EMBEDDING_MODEL = env.str("OPENAI_EMBEDDING_MODEL", default="text-embeddi
 # Vector length asked of models that can shorten theirs (text-embedding-3-*); see README, Documents.
 OPENAI_EMBEDDING_DIMENSIONS = env.int("OPENAI_EMBEDDING_DIMENSIONS", default=512)
 MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)
+# --- Jarvis: pictures and speech ----------------------------------------------------------------
+
+OPENAI_IMAGE_MODEL = env.str("OPENAI_IMAGE_MODEL", default="gpt-image-1")
+# Pictures take far longer than words: the longest one image call may take, in seconds.
+OPENAI_IMAGE_TIMEOUT = env.float("OPENAI_IMAGE_TIMEOUT", default=180.0)
+OPENAI_TTS_MODEL = env.str("OPENAI_TTS_MODEL", default="gpt-4o-mini-tts")
+# Generated pictures and audio go through Django's storage API: files under MEDIA_ROOT by default, or an
+# S3-compatible bucket (django-storages) when MEDIA_S3_BUCKET is set, so several web machines share them.
+# They are never served from a public URL: the app checks who asks (see botapp.web.views.media_file).
+MEDIA_ROOT = env.str("MEDIA_ROOT", default="") or str(BASE_DIR / "media")
+MEDIA_URL = "/media/"
+MEDIA_S3_BUCKET = env.str("MEDIA_S3_BUCKET", default="")
+if MEDIA_S3_BUCKET:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": MEDIA_S3_BUCKET,
+            "endpoint_url": env.str("MEDIA_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("MEDIA_S3_REGION", default="") or None,
+            # Empty: boto3's own chain (AWS_* variables, an instance role, ~/.aws).
+            "access_key": env.str("MEDIA_S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("MEDIA_S3_SECRET_ACCESS_KEY", default="") or None,
+            "location": env.str("MEDIA_S3_PREFIX", default="jarvis-media"),
+            "default_acl": "private",
+            "file_overwrite": False,
+        },
+    }
 
 # --- Jarvis: conversations and money ------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
-from botapp.defaults import seed_defaults
-from botapp.models import ModelPrice, Persona
+from botapp.defaults import seed_defaults, seed_media_prices
+from botapp.models import ModelImagePrice, ModelPrice, Persona
 from tests.factories import ConversationFactory, UserFactory
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -48,6 +48,13 @@ def _seeded_defaults(request: pytest.FixtureRequest) -> None:
         return
     request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
     seed_defaults(ModelPrice, Persona)
+    seed_media_prices(ModelPrice, ModelImagePrice)
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generated pictures and recordings go to a temporary folder, never into the checkout."""
+    settings.MEDIA_ROOT = str(tmp_path_factory.mktemp("media"))
 
 
 @pytest.fixture(autouse=True)

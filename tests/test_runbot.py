@@ -148,6 +148,11 @@ def test_message_is_answered_exactly_once_after_a_crash(
     wait_until(lambda: fake_openai.in_flight, what="the model call to start")
     if moment == "in the middle of the answer":
         wait_until(lambda: telegram.messages(TOKEN, 902), what="the first words to be shown")
+        # Shown and remembered: the restart edits that message rather than sending another.
+        wait_until(
+            lambda: Message.objects.filter(role=Role.ASSISTANT).exclude(telegram_reply_ids=[]).exists(),
+            what="the shown message to be remembered",
+        )
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
     assert Message.objects.get(role=Role.ASSISTANT).status == MessageStatus.PENDING

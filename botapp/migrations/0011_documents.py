@@ -26,7 +26,7 @@ def seed_embedding_prices(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('botapp', '0007_admin_usage_daily_person_totals'),
+        ('botapp', '0008_media'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -68,7 +68,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='usagerecord',
             name='kind',
-            field=models.CharField(choices=[('chat', 'Chat'), ('transcription', 'Transcription'), ('summary', 'Summary'), ('title', 'Title'), ('embedding', 'Embedding')], max_length=16, verbose_name='kind'),
+            field=models.CharField(choices=[('chat', 'Chat'), ('transcription', 'Transcription'), ('summary', 'Summary'), ('title', 'Title'), ('image', 'Picture'), ('speech', 'Speech'), ('embedding', 'Embedding')], max_length=16, verbose_name='kind'),
         ),
         migrations.CreateModel(
             name='DocumentFile',

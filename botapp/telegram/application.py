@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import translation
 from telegram import Update
+from telegram.error import NetworkError, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -24,6 +26,7 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
+    ExtBot,
     InlineQueryHandler,
     MessageHandler,
     filters,
@@ -31,7 +34,8 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from botapp.conversations import ReplyRefused, leases_release, turn_for_pending_reply
-from botapp.models import Bot, Message, ProcessedUpdate
+from botapp.database import database_retry, database_wait, is_unavailable
+from botapp.models import Bot, Message, MessageStatus, ProcessedUpdate
 from botapp.telegram import handlers, selectors, services
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,13 @@ logger = logging.getLogger(__name__)
 MAX_CONCURRENT_UPDATES = 1024
 # Bot API calls in flight at once; more wait their turn in `QueuedRequest`.
 CONNECTION_POOL_SIZE = 32
+# How long fetched updates may wait for the database before polling backs off (Telegram keeps them meanwhile).
+ADMIT_DEADLINE_SECONDS = 10.0
+# Handling attempts for an update whose handling fails on a database that answers the health check.
+DATABASE_ATTEMPTS = 5
+# While polling, answers left pending this long with nobody writing them are answered (no restart needed).
+PENDING_SWEEP_SECONDS = 30.0
+PENDING_IDLE = timedelta(seconds=90)
 
 
 class QueuedRequest(HTTPXRequest):
@@ -60,14 +71,23 @@ class QueuedRequest(HTTPXRequest):
 
 
 class ChatOrderedProcessor(BaseUpdateProcessor):
-    """Runs updates concurrently across chats and in arrival order within a chat; drops redeliveries."""
+    """Runs updates concurrently across chats and in arrival order within a chat; drops redeliveries.
+
+    An update is handled once it is written down. One that fails because the database is unavailable is
+    handled again once the database is back (the funnel recognises what was stored the first time), so a
+    message sent during an outage is answered once, after it.
+    """
 
     def __init__(self, *, bot_id: int, max_concurrent_updates: int = MAX_CONCURRENT_UPDATES) -> None:
         super().__init__(max_concurrent_updates)
         self.bot_id = bot_id
+        self.application: Application | None = None
         self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
-        # Updates a restart hands back in on purpose: already written down, to be handled again.
-        self.replaying: set[int] = set()
+        # Updates written down and to be handled here: fetched by polling, or handed back in by a restart.
+        self._admitted: set[int] = set()
+        # Updates whose handling failed because the database was unavailable, and those on their last attempt.
+        self._database_failed: set[int] = set()
+        self._last_attempt: set[int] = set()
 
     async def initialize(self) -> None:
         pass
@@ -78,6 +98,35 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
     def chat_lock(self, chat_id: int) -> _ChatLock:
         """The lock that keeps one chat's updates in order (asyncio locks wake waiters first come, first served)."""
         return _ChatLock(self, chat_id)
+
+    async def admit(self, updates: Sequence[Update]) -> None:
+        """Write fetched updates down before the next poll confirms them to Telegram; only new ones get handled.
+
+        While the database is unavailable this raises NetworkError: polling backs off and asks again with the
+        same offset, so Telegram keeps the updates until they are stored.
+        """
+        rows = [(update.update_id, update.to_dict()) for update in updates]
+        try:
+            fresh = await database_retry(
+                services.updates_record, bot_id=self.bot_id, updates=rows, deadline=ADMIT_DEADLINE_SECONDS
+            )
+        except Exception as exc:
+            logger.warning("Updates of bot %s could not be written down; Telegram keeps them: %s", self.bot_id, exc)
+            raise NetworkError("The database is unavailable; the updates stay with Telegram until it is back.") from exc
+        if len(fresh) < len(rows):
+            logger.info("Bot %s: %d update(s) delivered again were ignored", self.bot_id, len(rows) - len(fresh))
+        self._admitted.update(fresh)
+
+    def admit_stored(self, update_id: int) -> None:
+        """Hand in an update written down before (by a process that stopped before finishing it)."""
+        self._admitted.add(update_id)
+
+    def database_failed(self, update_id: int) -> bool:
+        """Note that handling failed because the database was unavailable; False on the last attempt."""
+        if update_id in self._last_attempt:
+            return False
+        self._database_failed.add(update_id)
+        return True
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         if not isinstance(update, Update):
@@ -93,18 +142,35 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
 
     async def _process(self, update: Update, coroutine: Awaitable[Any]) -> None:
         update_id = update.update_id
-        if update_id in self.replaying:
-            self.replaying.discard(update_id)
+        if update_id in self._admitted:
+            self._admitted.discard(update_id)
         else:
-            fresh = await sync_to_async(services.update_record)(
-                bot_id=self.bot_id, update_id=update_id, payload=update.to_dict()
+            fresh = await database_retry(
+                services.update_record, bot_id=self.bot_id, update_id=update_id, payload=update.to_dict()
             )
             if not fresh:
                 logger.info("Update %s was delivered again: ignored", update_id)
                 coroutine.close()  # type: ignore[attr-defined]
                 return
+        await self._handle(update, coroutine)
+        await database_retry(services.update_mark_done, bot_id=self.bot_id, update_id=update_id)
+
+    async def _handle(self, update: Update, coroutine: Awaitable[Any]) -> None:
+        update_id = update.update_id
         await coroutine
-        await sync_to_async(services.update_mark_done)(bot_id=self.bot_id, update_id=update_id)
+        attempts = 1
+        while update_id in self._database_failed:
+            self._database_failed.discard(update_id)
+            logger.warning("Update %s waits for the database to come back, then is handled again", update_id)
+            await database_wait()
+            attempts += 1
+            if attempts >= DATABASE_ATTEMPTS:
+                # The database answers but handling keeps failing: not an outage; the person is told.
+                self._last_attempt.add(update_id)
+            try:
+                await self.application.process_update(update)
+            finally:
+                self._last_attempt.discard(update_id)
 
 
 class _ChatLock:
@@ -131,25 +197,48 @@ class _ChatLock:
             locks[self.chat_id] = (lock, users - 1)
 
 
+class RecordingBot(ExtBot):
+    """The Bot API client, writing each batch of polled updates down before the next poll confirms it."""
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, *, processor: ChatOrderedProcessor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        with self._unfrozen():
+            self._processor = processor
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        updates = await super().get_updates(*args, **kwargs)
+        if updates:
+            await self._processor.admit(updates)
+        return updates
+
+
 def build_application(bot: Bot, *, polling: bool = True) -> Application:
     """The Application for `bot`, with every handler, the ordered processor and the error handler."""
     root = settings.TELEGRAM_API_BASE_URL
+    processor = ChatOrderedProcessor(bot_id=bot.pk)
+    client = RecordingBot(
+        processor=processor,
+        token=bot.token,
+        base_url=f"{root}/bot",
+        base_file_url=f"{root}/file/bot",
+        # Hundreds of chats share the connection pool; waiting for a free connection is better than failing.
+        request=QueuedRequest(pool_timeout=30.0, connect_timeout=10.0, read_timeout=30.0, write_timeout=30.0),
+        get_updates_request=HTTPXRequest(
+            connection_pool_size=1, pool_timeout=30.0, connect_timeout=10.0, read_timeout=40.0
+        ),
+    )
     builder = (
         ApplicationBuilder()
-        .token(bot.token)
-        .base_url(f"{root}/bot")
-        .base_file_url(f"{root}/file/bot")
-        .concurrent_updates(ChatOrderedProcessor(bot_id=bot.pk))
+        .bot(client)
+        .concurrent_updates(processor)
         .context_types(ContextTypes(context=handlers.JarvisContext))
-        # Hundreds of chats share the connection pool; waiting for a free connection is better than failing.
-        .request(QueuedRequest(pool_timeout=30.0, connect_timeout=10.0, read_timeout=30.0, write_timeout=30.0))
-        .get_updates_request(
-            HTTPXRequest(connection_pool_size=1, pool_timeout=30.0, connect_timeout=10.0, read_timeout=40.0)
-        )
     )
     if not polling:
         builder = builder.updater(None)
     application = builder.build()
+    processor.application = application
     application.bot_data["bot_id"] = bot.pk
     only_new = filters.UpdateType.MESSAGE
     addressed = only_new & handlers.ADDRESSED
@@ -163,6 +252,8 @@ def build_application(bot: Bot, *, polling: bool = True) -> Application:
             CommandHandler("retry", handlers.retry, filters=only_new),
             CommandHandler("caps", handlers.caps, filters=only_new),
             CommandHandler("link", handlers.link, filters=only_new),
+            CommandHandler("image", handlers.image, filters=only_new),
+            CommandHandler("voice", handlers.voice, filters=only_new),
             CallbackQueryHandler(handlers.persona_chosen, pattern=f"^{handlers.PERSONA_CALLBACK_PREFIX}"),
             InlineQueryHandler(handlers.inline_caps),
             MessageHandler(only_new & filters.COMMAND, handlers.unknown_command),
@@ -190,6 +281,8 @@ async def _answer_pending(application: Application, reply: Message) -> None:
     processor: ChatOrderedProcessor = application.update_processor  # type: ignore[assignment]
     chat_id = reply.conversation.telegram_chat_id
     async with processor.chat_lock(chat_id):
+        if not await Message.objects.filter(pk=reply.pk, status=MessageStatus.PENDING).aexists():
+            return  # answered meanwhile, by the update that asked for it
         try:
             turn = await sync_to_async(turn_for_pending_reply)(reply)
         except ReplyRefused:
@@ -224,7 +317,7 @@ def _is_retry(payload: dict[str, Any]) -> bool:
 async def _replay(application: Application, row: ProcessedUpdate) -> None:
     processor: ChatOrderedProcessor = application.update_processor  # type: ignore[assignment]
     update = Update.de_json(row.payload, application.bot)
-    processor.replaying.add(update.update_id)
+    processor.admit_stored(update.update_id)
     await processor.process_update(update, application.process_update(update))
 
 
@@ -260,3 +353,39 @@ async def application_recover(application: Application) -> list[asyncio.Task[Non
     # Let every task take its place in its chat's queue before new updates arrive.
     await asyncio.sleep(0)
     return tasks
+
+
+async def _answer_swept(application: Application, reply: Message) -> None:
+    try:
+        await _answer_pending(application, reply)
+    except Exception:
+        logger.exception("Pending answer %s could not be answered; the next sweep tries again", reply.pk)
+
+
+def polling_error(error: TelegramError) -> None:
+    """How polling reports a failed getUpdates: a line, not a traceback, for the outages it rides out."""
+    logger.warning("Polling for updates failed, trying again: %s", error)
+
+
+async def pending_sweep(application: Application) -> None:
+    """Keep answering, while polling, answers left pending with nobody writing them; each exactly once.
+
+    An answer whose turn failed part-way (its update gave up on a failing database, say) would otherwise wait
+    for the next restart. Each is answered under its chat's lock, after checking that it is still pending.
+    """
+    bot = await Bot.objects.aget(pk=application.bot_data["bot_id"])
+    sweeping: dict[int, asyncio.Task[None]] = {}
+    while True:
+        await asyncio.sleep(PENDING_SWEEP_SECONDS)
+        try:
+            stale = await sync_to_async(selectors.pending_replies)(bot=bot, idle_for=PENDING_IDLE)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            continue
+        for reply in stale:
+            if reply.pk not in sweeping:
+                logger.info("Bot %s: answering message %s, left pending", bot.name, reply.pk)
+                task = asyncio.create_task(_answer_swept(application, reply))
+                sweeping[reply.pk] = task
+                task.add_done_callback(lambda _task, pk=reply.pk: sweeping.pop(pk, None))

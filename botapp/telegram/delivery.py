@@ -1,4 +1,5 @@
-"""Getting text to a Telegram chat: HTML with a plain fallback, flood control, and answers streamed by edits."""
+"""Getting answers to a Telegram chat: HTML with a plain fallback, flood control, answers streamed by edits,
+pictures (as photos, or as documents when too large for one) and voice notes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,6 +36,11 @@ NETWORK_ATTEMPTS = 3
 # The longest flood-control wait honoured for one call; Telegram rarely asks for more than a minute.
 MAX_FLOOD_WAIT = 120.0
 FLOOD_WAIT_MARGIN = 0.1
+# What Telegram takes as a photo (sendPhoto); a bigger picture goes as a document, which has none of these.
+PHOTO_MAX_BYTES = 10 * 1024 * 1024
+PHOTO_MAX_SIDES = 10000
+PHOTO_MAX_RATIO = 20
+CAPTION_LIMIT = 1024
 
 
 def _seconds(retry_after: int | float | dt.timedelta) -> float:
@@ -134,6 +140,118 @@ async def send_sentence(bot: TelegramBot, *, chat_id: int, text: str, reply_to: 
     return await telegram_call(
         lambda: bot.send_message(chat_id=chat_id, text=text, reply_parameters=reply), what="sendMessage"
     )
+
+
+async def send_parts(bot: TelegramBot, *, chat_id: int, text: str, reply_to: int | None = None) -> list[int]:
+    """Send Markdown text as one message per rendered part (the first replying to `reply_to`); their ids."""
+    ids = []
+    for index, (html, plain) in enumerate(render_parts(text)):
+        sent = await send_text(bot, chat_id=chat_id, html=html, plain=plain, reply_to=reply_to if index == 0 else None)
+        ids.append(sent.message_id)
+    return ids
+
+
+@contextlib.asynccontextmanager
+async def chat_action(bot: TelegramBot, *, chat_id: int, action: str) -> AsyncIterator[None]:
+    """Show `action` ("upload_photo", "record_voice") in the chat, renewed until the work inside is done."""
+
+    async def keep() -> None:
+        while True:
+            try:
+                await bot.send_chat_action(chat_id=chat_id, action=action)
+            except RetryAfter as exc:
+                await asyncio.sleep(_seconds(exc.retry_after))
+                continue
+            except NetworkError as exc:
+                logger.debug("Could not show %s in chat %s: %s", action, chat_id, exc)
+            await asyncio.sleep(TYPING_INTERVAL)
+
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def fits_as_photo(*, size_bytes: int, width: int | None, height: int | None) -> bool:
+    """Whether Telegram accepts a picture as a photo: at most 10 MB, sides adding up to 10000, ratio 20."""
+    if size_bytes > PHOTO_MAX_BYTES or not width or not height:
+        return size_bytes <= PHOTO_MAX_BYTES
+    return width + height <= PHOTO_MAX_SIDES and max(width, height) <= PHOTO_MAX_RATIO * min(width, height)
+
+
+def _caption(text: str) -> str:
+    return text if len(text) <= CAPTION_LIMIT else text[: CAPTION_LIMIT - 1] + "…"
+
+
+async def send_picture(
+    bot: TelegramBot,
+    *,
+    chat_id: int,
+    data: bytes,
+    filename: str,
+    caption: str,
+    width: int | None,
+    height: int | None,
+    reply_to: int | None = None,
+) -> TelegramMessage:
+    """Send a picture as a photo with its caption (plain text); one Telegram would refuse as a photo goes as a
+    document, so the person gets it either way (and in full resolution)."""
+    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+    caption = _caption(caption)
+    if fits_as_photo(size_bytes=len(data), width=width, height=height):
+        try:
+            return await telegram_call(
+                lambda: bot.send_photo(
+                    chat_id=chat_id, photo=data, filename=filename, caption=caption, reply_parameters=reply
+                ),
+                what="sendPhoto",
+            )
+        except BadRequest as exc:
+            if "photo" not in exc.message.lower():
+                raise
+            logger.info("Telegram refused a picture as a photo (%s): sending it as a document", exc.message)
+    return await telegram_call(
+        lambda: bot.send_document(
+            chat_id=chat_id, document=data, filename=filename, caption=caption, reply_parameters=reply
+        ),
+        what="sendDocument",
+    )
+
+
+async def send_voice_note(
+    bot: TelegramBot,
+    *,
+    chat_id: int,
+    data: bytes,
+    duration: int | None,
+    caption: tuple[str, str] | None = None,
+    reply_to: int | None = None,
+) -> TelegramMessage:
+    """Send OGG/Opus audio as a voice note; `caption` is (HTML, plain), the plain one used if the HTML is refused."""
+    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+    html, plain = caption or (None, None)
+
+    def voice(text: str | None, mode: str | None) -> Awaitable[TelegramMessage]:
+        return bot.send_voice(
+            chat_id=chat_id,
+            voice=data,
+            filename="answer.ogg",
+            duration=duration,
+            caption=text,
+            parse_mode=mode,
+            reply_parameters=reply,
+        )
+
+    try:
+        return await telegram_call(lambda: voice(html, ParseMode.HTML if html else None), what="sendVoice")
+    except BadRequest as exc:
+        if not html or not _is_parse_error(exc):
+            raise
+        logger.info("Telegram rejected the HTML of a voice caption (%s): sending it as plain text", exc.message)
+    return await telegram_call(lambda: voice(plain, None), what="sendVoice")
 
 
 @dataclass

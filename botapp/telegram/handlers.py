@@ -1,4 +1,4 @@
-"""Telegram update handlers: commands, chat through the funnel, voice, photos, documents, groups and inline mode.
+"""Telegram update handlers: commands, the funnel's chat, voice, photos, pictures, documents, groups, inline mode.
 
 Every callback is wrapped by `jarvis_handler`, which records who wrote (the person and their membership of
 the bot), switches to their language, and refuses people the bot may not serve before anything is spent.
@@ -27,10 +27,11 @@ from telegram import (
     Update,
 )
 from telegram import Message as TelegramMessage
-from telegram.constants import ChatType
+from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import CallbackContext, ExtBot, filters
 
+from botapp import media
 from botapp.conversations import (
     MAX_AUDIO_BYTES,
     ReplyError,
@@ -40,22 +41,29 @@ from botapp.conversations import (
     conversation_for_chat,
     conversation_start,
     documents_accept,
+    reply_speak,
     turn_answer,
+    turn_draw,
     turn_for_pending_reply,
     turn_retry,
 )
+from botapp.database import database_retry, is_unavailable
 from botapp.documents.context import sources_line
 from botapp.documents.progress import documents_of, progress_label
 from botapp.documents.services import Upload, upload_refusal
 from botapp.linking import CODE_LIFETIME, link_code_create
-from botapp.models import Channel, Conversation, Message, MessageStatus, Persona
+from botapp.models import Channel, Conversation, MediaFile, MediaKind, Message, MessageStatus, Persona
 from botapp.telegram import selectors, services
 from botapp.telegram.delivery import (
+    CAPTION_LIMIT,
     EDIT_INTERVAL_GROUP,
     EDIT_INTERVAL_PRIVATE,
     AnswerStream,
+    chat_action,
+    send_parts,
+    send_picture,
     send_sentence,
-    send_text,
+    send_voice_note,
     telegram_call,
 )
 from botapp.telegram.formatting import render_parts
@@ -92,6 +100,8 @@ def bot_commands() -> list[BotCommand]:
         BotCommand("retry", _("Answer the last message again")),
         BotCommand("caps", _("Shout some text back in capitals")),
         BotCommand("link", _("Link this Telegram account to the web page")),
+        BotCommand("image", _("Draw a picture, or change the one you reply to")),
+        BotCommand("voice", _("Switch answers between text and voice notes")),
     ]
 
 
@@ -190,13 +200,29 @@ async def _conversation(update: Update, context: JarvisContext) -> Conversation:
 
 
 async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, reply_to: int | None) -> None:
-    """Answer a stored turn through the funnel, streaming it into the chat; remember the messages that show it."""
+    """Answer a stored turn through the funnel, streaming it into the chat; remember the messages that show it.
+
+    An /image turn is answered with a picture, and in a chat switched to voice answers the answer is a voice note.
+    """
+    if media.image_command(turn.user_message.content) is not None:
+        await deliver_picture(bot, turn, chat_id=chat_id, reply_to=reply_to)
+        return
+    if await sync_to_async(media.speaks)(turn.conversation):
+        await deliver_spoken(bot, turn, chat_id=chat_id, reply_to=reply_to)
+        return
     reply_id = turn.reply.pk
     remembered = list(turn.reply.telegram_reply_ids or ())
 
     async def remember(message_ids: list[int]) -> None:
         nonlocal remembered
-        await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
+        try:
+            await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Only a restart needs these ids; the answer goes on, and they are stored again at its end.
+            logger.warning("Could not remember the messages of answer %s: the database is unavailable", reply_id)
+            return
         remembered = list(message_ids)
 
     await _documents_wait(bot, chat_id=chat_id, question=turn.user_message, reply_to=reply_to, keep=False)
@@ -220,7 +246,7 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
             cited = sources_line(answer.sources, answer.text)
             ids = await stream.finish(f"{text}\n\n📎 {cited}" if cited else text)
     if ids != remembered:
-        await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=ids)
+        await database_retry(services.message_reply_ids_store, message_id=reply_id, telegram_ids=ids)
 
 
 async def _resume_stored(
@@ -237,18 +263,97 @@ async def _resume_stored(
         )
         return
     # Answered but never shown (the process died between storing and sending).
-    text = answer.content or f"⚠️ {answer.error}"
-    ids = []
-    for index, (html, plain) in enumerate(render_parts(text)):
-        sent = await send_text(
-            context.bot,
-            chat_id=chat.id,
-            html=html,
-            plain=plain,
-            reply_to=question.telegram_message_id if index == 0 else None,
-        )
-        ids.append(sent.message_id)
+    picture = await sync_to_async(_picture_of)(answer) if answer.status == MessageStatus.COMPLETE else None
+    if picture is not None:
+        sent = await _send_stored_picture(context.bot, picture, chat_id=chat.id, reply_to=question.telegram_message_id)
+        ids = [sent.message_id]
+    else:
+        text = answer.content or f"⚠️ {answer.error}"
+        ids = await send_parts(context.bot, chat_id=chat.id, text=text, reply_to=question.telegram_message_id)
     await sync_to_async(services.message_reply_ids_store)(message_id=answer.pk, telegram_ids=ids)
+
+
+# --- Pictures and voice notes -------------------------------------------------------------------
+
+
+def _picture_of(answer: Message) -> MediaFile | None:
+    return MediaFile.objects.filter(message=answer, kind=MediaKind.IMAGE).order_by("id").first()
+
+
+def _read_file(item: MediaFile) -> bytes:
+    with item.file.open("rb") as handle:
+        return handle.read()
+
+
+async def _send_stored_picture(
+    bot: ExtBot, picture: MediaFile, *, chat_id: int, reply_to: int | None
+) -> TelegramMessage:
+    data = await sync_to_async(_read_file)(picture)
+    return await send_picture(
+        bot,
+        chat_id=chat_id,
+        data=data,
+        filename="picture." + picture.file.name.rsplit(".", 1)[-1],
+        caption=picture.prompt,
+        width=picture.width,
+        height=picture.height,
+        reply_to=reply_to,
+    )
+
+
+async def deliver_picture(bot: ExtBot, turn: Turn, *, chat_id: int, reply_to: int | None) -> None:
+    """Answer a stored /image turn with a picture (the prompt as its caption), or a sentence saying why not."""
+    prompt = media.image_command(turn.user_message.content) or ""
+    attachments = turn.user_message.attachments or []
+    source = media.image_source_from_data_url(attachments[0]["url"]) if attachments else None
+    async with chat_action(bot, chat_id=chat_id, action=ChatAction.UPLOAD_PHOTO):
+        try:
+            drawn = await turn_draw(turn, prompt=prompt, source=source)
+        except ReplyError as error:
+            sent = await send_sentence(bot, chat_id=chat_id, text=f"⚠️ {error}", reply_to=reply_to)
+            ids = [sent.message_id]
+        else:
+            sent = await _send_stored_picture(bot, drawn.media, chat_id=chat_id, reply_to=reply_to)
+            ids = [sent.message_id]
+    await sync_to_async(services.message_reply_ids_store)(message_id=turn.reply.pk, telegram_ids=ids)
+
+
+async def deliver_spoken(bot: ExtBot, turn: Turn, *, chat_id: int, reply_to: int | None) -> None:
+    """Answer a stored turn as a voice note: the text as its caption, or after it when too long for one."""
+    sender = turn.user_message.sender or turn.conversation.user
+    async with chat_action(bot, chat_id=chat_id, action=ChatAction.RECORD_VOICE):
+        try:
+            answer = await turn_answer(turn)
+        except ReplyError as error:
+            partial = getattr(error, "partial", "")
+            text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
+            ids = await send_parts(bot, chat_id=chat_id, text=text, reply_to=reply_to)
+            await sync_to_async(services.message_reply_ids_store)(message_id=turn.reply.pk, telegram_ids=ids)
+            return
+        text = answer.text or _("(The model sent an empty answer. Try /retry.)")
+        try:
+            spoken = await reply_speak(message=answer.message, requested_by=sender)
+        except ReplyError as error:
+            ids = await send_parts(bot, chat_id=chat_id, text=f"{text}\n\n⚠️ {error}", reply_to=reply_to)
+        else:
+            ids = await _send_spoken(bot, spoken.media, text=text, chat_id=chat_id, reply_to=reply_to)
+    await sync_to_async(services.message_reply_ids_store)(message_id=turn.reply.pk, telegram_ids=ids)
+
+
+async def _send_spoken(
+    bot: ExtBot, recording: MediaFile, *, text: str, chat_id: int, reply_to: int | None
+) -> list[int]:
+    data = await sync_to_async(_read_file)(recording)
+    duration = int(recording.duration_seconds) if recording.duration_seconds is not None else None
+    parts = render_parts(text)
+    fits = len(parts) == 1 and len(parts[0][1]) <= CAPTION_LIMIT
+    note = await send_voice_note(
+        bot, chat_id=chat_id, data=data, duration=duration, caption=parts[0] if fits else None, reply_to=reply_to
+    )
+    if fits:
+        return [note.message_id]
+    # Too long for a caption: the text follows the voice note, so it can still be read and copied.
+    return [note.message_id, *await send_parts(bot, chat_id=chat_id, text=text)]
 
 
 async def _resumed_if_stored(update: Update, context: JarvisContext, conversation: Conversation) -> bool:
@@ -265,7 +370,10 @@ async def _resumed_if_stored(update: Update, context: JarvisContext, conversatio
 async def answer_message(
     update: Update, context: JarvisContext, *, text: str, attachments: list[dict[str, Any]] | None = None
 ) -> None:
-    """Store what the person said and stream the answer; a message seen before is not answered twice."""
+    """Store what the person said and answer it; a message seen before is not answered twice.
+
+    The answer streams as text, or comes as a picture (/image) or a voice note (/voice), see `deliver_turn`.
+    """
     message = update.effective_message
     chat = update.effective_chat
     try:
@@ -440,6 +548,7 @@ async def new_conversation(update: Update, context: JarvisContext) -> None:
         bot=context.contact.bot,
         telegram_chat_id=update.effective_chat.id,
         persona=current.persona,
+        voice_answers=current.voice_answers,
     )
     await reply(update, _("Started a new conversation. Jarvis has set the earlier messages aside."))
 
@@ -587,6 +696,83 @@ async def link(update: Update, context: JarvisContext) -> None:
     )
 
 
+async def _picture_attachment(update: Update, holder: Any) -> dict[str, str] | None:
+    """Download a photo (or a picture sent as a file) to send along with a message; None after a sentence."""
+    mime = getattr(holder, "mime_type", None) or "image/jpeg"
+    if holder.file_size and holder.file_size > TELEGRAM_DOWNLOAD_LIMIT:
+        await reply(update, _("This photo is too large to download (over 20 MB). Please send a smaller one."))
+        return None
+    try:
+        file = await telegram_call(holder.get_file, what="getFile")
+        data = bytes(await file.download_as_bytearray())
+    except TelegramError as exc:
+        logger.warning("Could not download a photo in chat %s: %s", update.effective_chat.id, exc)
+        await reply(update, _("Jarvis could not download this photo from Telegram. Please send it again."))
+        return None
+    return {"url": f"data:{mime};base64," + base64.b64encode(data).decode("ascii")}
+
+
+def _replied_picture(message: TelegramMessage) -> Any:
+    replied = message.reply_to_message
+    if replied is None:
+        return None
+    if replied.photo:
+        return replied.photo[-1]
+    document = replied.document
+    if document is not None and (document.mime_type or "").startswith("image/"):
+        return document
+    return None
+
+
+async def _draw(update: Update, context: JarvisContext, *, text: str, prompt: str, picture: Any) -> None:
+    if not prompt:
+        await reply(
+            update,
+            _(
+                "Say what to draw after /image, for example: /image a lighthouse at dawn, in watercolour. "
+                "To change a picture, reply to it with /image and what to change, or send a photo with that caption."
+            ),
+        )
+        return
+    conversation = await _conversation(update, context)
+    if await _resumed_if_stored(update, context, conversation):
+        return
+    attachments = []
+    if picture is not None:
+        attachment = await _picture_attachment(update, picture)
+        if attachment is None:
+            return
+        attachments.append(attachment)
+    await answer_message(update, context, text=text, attachments=attachments)
+
+
+@jarvis_handler
+async def image(update: Update, context: JarvisContext) -> None:
+    """Draw a picture from /image PROMPT, or change the picture the command replies to."""
+    message = update.effective_message
+    text = (message.text or "").strip()
+    await _draw(update, context, text=text, prompt=media.image_command(text) or "", picture=_replied_picture(message))
+
+
+@jarvis_handler
+async def voice(update: Update, context: JarvisContext) -> None:
+    """Switch this chat's answers between text and voice notes."""
+    conversation = await _conversation(update, context)
+    speaking = await sync_to_async(services.conversation_voice_switch)(conversation=conversation)
+    if speaking:
+        await reply(
+            update,
+            _(
+                "Voice answers are on: Jarvis answers in this chat with voice notes, text included. "
+                "Send /voice again for text."
+            ),
+        )
+    else:
+        await reply(
+            update, _("Voice answers are off: Jarvis answers in this chat with text. Send /voice for voice notes.")
+        )
+
+
 @jarvis_handler
 async def unknown_command(update: Update, context: JarvisContext) -> None:
     """Answer a command Jarvis does not know (the seed's reply, in words a person can act on)."""
@@ -683,8 +869,13 @@ def _model_sees_images(conversation: Conversation) -> bool:
 
 @jarvis_handler
 async def photo_message(update: Update, context: JarvisContext) -> None:
-    """Send a photo (and its caption) to the model when it can see images."""
+    """Send a photo (and its caption) to the model when it can see images; "/image ..." as caption edits it."""
     message = update.effective_message
+    caption = (message.caption or "").strip()
+    prompt = media.image_command(caption)
+    if prompt is not None:
+        await _draw(update, context, text=caption, prompt=prompt, picture=message.photo[-1])
+        return
     conversation = await _conversation(update, context)
     if not await sync_to_async(_model_sees_images)(conversation):
         await reply(
@@ -705,15 +896,9 @@ async def photo_message(update: Update, context: JarvisContext) -> None:
         return
     if await _resumed_if_stored(update, context, conversation):
         return
-    try:
-        file = await telegram_call(photo.get_file, what="getFile")
-        data = bytes(await file.download_as_bytearray())
-    except TelegramError as exc:
-        logger.warning("Could not download a photo in chat %s: %s", message.chat_id, exc)
-        await reply(update, _("Jarvis could not download this photo from Telegram. Please send it again."))
-        return
-    url = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-    await answer_message(update, context, text=caption, attachments=[{"url": url}])
+    attachment = await _picture_attachment(update, photo)
+    if attachment is not None:
+        await answer_message(update, context, text=caption, attachments=[attachment])
 
 
 @jarvis_handler
@@ -741,6 +926,12 @@ async def error_handler(update: object, context: JarvisContext) -> None:
             bot_id=context.bot_data["bot_id"], telegram_id=update.effective_user.id
         )
         return
+    if is_unavailable(error) and isinstance(update, Update):
+        # The ordered processor (application.py) handles it again once the database is back.
+        database_failed = getattr(context.application.update_processor, "database_failed", None)
+        if database_failed is not None and database_failed(update.update_id):
+            logger.warning("Update %s could not be handled: the database is unavailable (%s)", update_id, error)
+            return
     logger.error("Update %s could not be handled", update_id, exc_info=error)
     if not isinstance(update, Update) or update.effective_message is None or update.inline_query is not None:
         return

@@ -6,13 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 
 from telegram import Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application
 
 from botapp.models import AccessPolicy, Bot
-from botapp.telegram.application import application_prepare, application_recover, build_application
+from botapp.telegram.application import (
+    application_prepare,
+    application_recover,
+    build_application,
+    pending_sweep,
+    polling_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +44,16 @@ def _announce(bot: Bot, username: str) -> None:
         logger.info("Bot %s (@%s) answers only its allowlist: %s", bot.name, username, bot.allowed_users or "(empty)")
 
 
-async def _start(bot: Bot) -> tuple[Application, list[asyncio.Task[None]]] | None:
+@dataclass
+class Polling:
+    """A bot being polled: its Application, the answers a restart is finishing, and the sweep for stuck ones."""
+
+    application: Application
+    recovery: list[asyncio.Task[None]]
+    sweep: asyncio.Task[None]
+
+
+async def _start(bot: Bot) -> Polling | None:
     try:
         application = build_application(bot)
     except ValueError as exc:  # the token cannot be decrypted
@@ -63,12 +79,15 @@ async def _start(bot: Bot) -> tuple[Application, list[asyncio.Task[None]]] | Non
         logger.warning("Could not register the command menu of bot %s: %s", bot.name, exc)
     await application.start()
     recovery = await application_recover(application)
-    await application.updater.start_polling(allowed_updates=Update.ALL_TYPES, timeout=30)
+    await application.updater.start_polling(allowed_updates=Update.ALL_TYPES, timeout=30, error_callback=polling_error)
+    sweep = asyncio.create_task(pending_sweep(application), name=f"pending answers of bot {bot.name}")
     _announce(bot, username)
-    return application, recovery
+    return Polling(application=application, recovery=recovery, sweep=sweep)
 
 
-async def _stop(application: Application, recovery: list[asyncio.Task[None]]) -> None:
+async def _stop(polling: Polling) -> None:
+    application, recovery = polling.application, polling.recovery
+    polling.sweep.cancel()
     if application.updater.running:
         await application.updater.stop()
     try:
@@ -107,8 +126,8 @@ async def bots_run(bots: list[Bot], *, stop: asyncio.Event | None = None) -> Non
         await stop.wait()
         logger.info("Stopping…")
     finally:
-        for application, recovery in running:
-            await _stop(application, recovery)
+        for polling in running:
+            await _stop(polling)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

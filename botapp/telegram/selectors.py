@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from botapp.models import (
@@ -76,20 +76,27 @@ def stored_question(*, conversation: Conversation, telegram_message_id: int) -> 
     return question, answer
 
 
-def pending_replies(*, bot: Bot) -> list[Message]:
-    """Answers of this bot's chats left pending (the process died while writing them), oldest first."""
-    return list(
-        Message.objects.filter(
-            conversation__bot=bot,
-            conversation__channel=Channel.TELEGRAM,
-            conversation__telegram_chat_id__isnull=False,
-            role=Role.ASSISTANT,
-            status=MessageStatus.PENDING,
-            created_at__gte=timezone.now() - RECOVERY_WINDOW,
-        )
-        .select_related("conversation")
-        .order_by("id")
+def pending_replies(*, bot: Bot, idle_for: timedelta | None = None) -> list[Message]:
+    """Answers of this bot's chats left pending (the process died while writing them), oldest first.
+
+    With `idle_for`: only those pending at least that long in a conversation nobody holds the lease of, which
+    nothing is writing any more (a running process's own answers hold the lease while they are written).
+    """
+    now = timezone.now()
+    rows = Message.objects.filter(
+        conversation__bot=bot,
+        conversation__channel=Channel.TELEGRAM,
+        conversation__telegram_chat_id__isnull=False,
+        role=Role.ASSISTANT,
+        status=MessageStatus.PENDING,
+        created_at__gte=now - RECOVERY_WINDOW,
     )
+    if idle_for is not None:
+        rows = rows.filter(
+            Q(conversation__answering_until__isnull=True) | Q(conversation__answering_until__lt=now),
+            created_at__lte=now - idle_for,
+        )
+    return list(rows.select_related("conversation").order_by("id"))
 
 
 def unfinished_updates(*, bot: Bot) -> list[ProcessedUpdate]:

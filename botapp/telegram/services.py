@@ -14,6 +14,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from botapp.conversations import Turn, conversation_for_chat, turn_accept
+from botapp.media import speaks
 from botapp.models import (
     AccessPolicy,
     Bot,
@@ -26,6 +27,7 @@ from botapp.models import (
     TelegramIdentity,
 )
 from botapp.people import telegram_identity_sync
+from botapp.storable import storable_json
 from botapp.telegram.selectors import stored_question
 from botapp.usage import profile_for
 
@@ -166,6 +168,13 @@ def conversation_persona_set(*, conversation: Conversation, persona: Persona) ->
     conversation.save(update_fields=["persona"])
 
 
+def conversation_voice_switch(*, conversation: Conversation) -> bool:
+    """Switch a chat between text and voice-note answers (from the next answer on); True when now speaking."""
+    conversation.voice_answers = not speaks(conversation)
+    conversation.save(update_fields=["voice_answers"])
+    return conversation.voice_answers
+
+
 def message_reply_ids_store(*, message_id: int, telegram_ids: list[int]) -> None:
     """Remember which Telegram messages show an answer, so a restart edits them instead of sending again."""
     Message.objects.filter(pk=message_id).update(telegram_reply_ids=list(telegram_ids))
@@ -175,10 +184,28 @@ def update_record(*, bot_id: int, update_id: int, payload: dict[str, Any]) -> bo
     """Write an update down before handling it; False when it was seen before (a redelivery)."""
     try:
         with transaction.atomic():
-            ProcessedUpdate.objects.create(bot_id=bot_id, update_id=update_id, payload=payload)
+            ProcessedUpdate.objects.create(bot_id=bot_id, update_id=update_id, payload=storable_json(payload))
     except IntegrityError:
         return False
     return True
+
+
+def updates_record(*, bot_id: int, updates: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
+    """Write a batch of polled updates down; the ids of those seen for the first time (the rest are redeliveries)."""
+    ids = [update_id for update_id, _payload in updates]
+    with transaction.atomic():
+        known = set(
+            ProcessedUpdate.objects.filter(bot_id=bot_id, update_id__in=ids).values_list("update_id", flat=True)
+        )
+        ProcessedUpdate.objects.bulk_create(
+            [
+                ProcessedUpdate(bot_id=bot_id, update_id=update_id, payload=storable_json(payload))
+                for update_id, payload in updates
+                if update_id not in known
+            ],
+            ignore_conflicts=True,
+        )
+    return [update_id for update_id in ids if update_id not in known]
 
 
 def update_mark_done(*, bot_id: int, update_id: int) -> None:

@@ -13,9 +13,11 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -25,12 +27,18 @@ from telegram import Update
 from telegram.error import TelegramError
 
 from botapp.models import Bot, ProcessedUpdate
-from botapp.telegram.application import application_prepare, build_application
-from botapp.telegram.services import update_mark_done, update_record
+from botapp.storable import storable_json
+from botapp.telegram.application import ChatOrderedProcessor, application_prepare, build_application
+from botapp.telegram.services import update_record
 
 logger = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name, not a secret)
+# Update ids fit a signed 64-bit column; Telegram's own are far smaller.
+MAX_UPDATE_ID = 2**63 - 1
+# Telegram's deepest updates (a reply to a message with a quoted reply, its entities) are about ten levels.
+MAX_UPDATE_DEPTH = 32
+RETRY_LATER = {"Retry-After": "5"}
 
 
 def webhook_secret(bot_id: int) -> str:
@@ -55,11 +63,19 @@ def telegram_webhook(request: HttpRequest, bot_id: int) -> HttpResponse:
     if not hmac.compare_digest(sent.encode(), webhook_secret(bot_id).encode()):
         return _refused("wrong or missing secret token", bot_id)
     try:
-        payload = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        return JsonResponse({"ok": False, "error": "The body is not JSON."}, status=400)
-    if not isinstance(payload, dict) or not isinstance(payload.get("update_id"), int):
-        return JsonResponse({"ok": False, "error": "The body is not a Telegram update."}, status=400)
+        payload = update_payload_parse(request.body)
+    except MalformedUpdate as exc:
+        logger.warning("Webhook call for bot %s refused: %s", bot_id, exc)
+        return JsonResponse({"ok": False, "error": str(exc)}, status=400)
+    try:
+        return _accept(bot_id, payload)
+    except DatabaseError as exc:
+        # Not written down, so not acknowledged: Telegram sends it again, and later updates wait behind it.
+        logger.warning("Update of bot %s not accepted, the database failed: %s", bot_id, exc)
+        return JsonResponse({"ok": False, "error": "The database is unavailable."}, status=503, headers=RETRY_LATER)
+
+
+def _accept(bot_id: int, payload: dict[str, Any]) -> HttpResponse:
     bot = Bot.objects.filter(pk=bot_id).only("id", "enabled").first()
     if bot is None:
         return JsonResponse({"ok": False, "error": "No such bot."}, status=404)
@@ -82,15 +98,56 @@ def telegram_webhook(request: HttpRequest, bot_id: int) -> HttpResponse:
         # Not queued: forget it, so that Telegram's retry is not mistaken for a redelivery.
         logger.exception("Could not queue update %s of bot %s; Telegram will send it again", update_id, bot_id)
         ProcessedUpdate.objects.filter(bot_id=bot_id, update_id=update_id).delete()
-        return JsonResponse({"ok": False, "error": "The task queue is unavailable."}, status=503)
+        return JsonResponse({"ok": False, "error": "The task queue is unavailable."}, status=503, headers=RETRY_LATER)
     return JsonResponse({"ok": True, "queued": True})
+
+
+class MalformedUpdate(ValueError):
+    """The body is not a Telegram update; `str(error)` says what is wrong."""
+
+
+def _depth(value: Any) -> int:
+    deepest, level, stack = 0, 0, [(value, 1)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(value, dict):
+            stack.extend((item, level + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, level + 1) for item in value)
+    return deepest
+
+
+def update_payload_parse(body: bytes) -> dict[str, Any]:
+    """The update in a webhook body, made storable; MalformedUpdate when it is not one Telegram could send."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MalformedUpdate("The body is not JSON.") from exc
+    if not isinstance(payload, dict):
+        raise MalformedUpdate("The body is not a Telegram update.")
+    update_id = payload.get("update_id")
+    # bool is an int in Python; JSON's true is not an update id.
+    if type(update_id) is not int or not 0 <= update_id <= MAX_UPDATE_ID:
+        raise MalformedUpdate("The update_id is not a Telegram update id.")
+    if _depth(payload) > MAX_UPDATE_DEPTH:
+        raise MalformedUpdate("The update is nested deeper than any Telegram update.")
+    payload = storable_json(payload)
+    try:
+        Update.de_json(payload, None)
+    except Exception as exc:
+        raise MalformedUpdate("The body is not a Telegram update python-telegram-bot can read.") from exc
+    return payload
 
 
 async def _process(bot: Bot, payload: dict) -> None:
     application = build_application(bot, polling=False)
     async with application:
-        await application.process_update(Update.de_json(payload, application.bot))
-    await sync_to_async(update_mark_done)(bot_id=bot.pk, update_id=payload["update_id"])
+        update = Update.de_json(payload, application.bot)
+        processor: ChatOrderedProcessor = application.update_processor  # type: ignore[assignment]
+        # Written down by the view; the processor keeps the chat's order and rides out a database outage.
+        processor.admit_stored(update.update_id)
+        await processor.process_update(update, application.process_update(update))
 
 
 def telegram_update_process(bot_id: int, update_id: int) -> str:

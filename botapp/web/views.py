@@ -8,47 +8,67 @@ The stream (`application/x-ndjson`), one JSON object per line:
   {"type": "error", "message": "<sentence>", "html": "<partial answer, sanitized>"}
 A client that disconnects (the Stop button) cancels the stream; the funnel then stores the partial answer
 as incomplete and bills it.
+
+Pictures (`image_send`, "/image PROMPT" or the Draw button) and read-out answers (`message_speech`, the play
+button) answer with one JSON object; the files themselves are served by `media_file`, to their owner and staff.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from decimal import Decimal
 from functools import wraps
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from botapp import selectors
+from botapp import media, selectors
 from botapp.conversations import (
     Reply,
+    ReplyError,
     ReplyRefused,
     StreamEnd,
     Turn,
     conversation_start,
     documents_accept,
+    reply_speak,
     turn_accept,
     turn_answer_stream,
+    turn_draw,
 )
 from botapp.documents.context import sources_html, sources_of
 from botapp.documents.models import Document
 from botapp.documents.progress import documents_of, progress_json
 from botapp.documents.services import Upload, upload_refusal
 from botapp.linking import LinkError, link_code_redeem
-from botapp.models import Channel, Conversation, MessageStatus, Role, TelegramIdentity, UsageKind
+from botapp.models import (
+    Channel,
+    Conversation,
+    MediaFile,
+    MediaKind,
+    Message,
+    MessageStatus,
+    Role,
+    TelegramIdentity,
+    UsageKind,
+)
 from botapp.usage import budget_periods
 from botapp.web.charts import bar_chart
 from botapp.web.forms import ConversationCreateForm, ConversationPersonaForm, ConversationRenameForm, LinkCodeForm
@@ -143,7 +163,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One conversation: its history rendered on the server, its settings, and the message box."""
     conversation = _own_conversation(request, pk)
-    history = list(selectors.conversation_messages(conversation=conversation))
+    history = list(selectors.conversation_messages(conversation=conversation).prefetch_related("media__usage"))
     first_question = next((m.content for m in history if m.role == Role.USER and m.content), "")
     sources = sources_of([m.pk for m in history if m.role == Role.ASSISTANT])
     files = {d.pk: d for d in documents_of([a["document_id"] for m in history for a in _documents_in(m)])}
@@ -158,6 +178,7 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
             message.meta = answer_meta(
                 input_tokens=message.input_tokens, output_tokens=message.output_tokens, cost_usd=message.cost_usd
             )
+            _with_media(message)
     context = _chat_context(
         request,
         conversation=conversation,
@@ -335,6 +356,178 @@ def document_status(request: HttpRequest, pk: int, document_id: int) -> HttpResp
     conversation = _own_conversation(request, pk)
     document = get_object_or_404(Document.objects.defer("summary"), pk=document_id, conversation=conversation)
     return JsonResponse(progress_json(document))
+
+
+# --- Pictures and speech ------------------------------------------------------------------------
+
+# Work a person has started and will pay for goes on when their browser goes away; these hold it meanwhile.
+_unfinished: set[asyncio.Task[Any]] = set()
+
+
+async def _finish_even_if_gone(work: Coroutine[Any, Any, Any]) -> Any:
+    """Await `work` so that it completes and is stored even if the client disconnects (which cancels the view).
+
+    It runs as a task of its own, in a fresh context with a database thread of its own: the request's context
+    ties database calls to a thread (through a sync middleware) that stops with the request. Only the language
+    is carried over.
+    """
+    language = translation.get_language()
+
+    async def in_language() -> Any:
+        async with ThreadSensitiveContext():
+            try:
+                with translation.override(language):
+                    return await work
+            finally:
+                await sync_to_async(connections.close_all)()
+
+    task = asyncio.get_running_loop().create_task(in_language(), context=contextvars.Context())
+    _unfinished.add(task)
+    task.add_done_callback(_unfinished.discard)
+    return await asyncio.shield(task)
+
+
+def _with_media(message: Message) -> None:
+    """Attach an answer's picture and recording (prefetched) for the template."""
+    files = list(message.media.all())
+    message.pictures = [item for item in files if item.kind == MediaKind.IMAGE]
+    message.recording = next((item for item in files if item.kind == MediaKind.SPEECH), None)
+    # An /image answer is its picture (its text is the caption); pictures a tool drew go with the answer's text.
+    message.is_picture = any(
+        item.usage is not None and item.usage.message_id == message.pk for item in message.pictures
+    )
+    if message.is_picture:
+        cost = sum((item.usage.cost_usd for item in message.pictures if item.usage is not None), Decimal("0"))
+        message.meta = picture_meta(cost)
+
+
+def picture_meta(cost: Decimal) -> str:
+    """The small line under a picture: what it cost."""
+    return _("Picture · %(cost)s") % {"cost": format_usd(cost)}
+
+
+def picture_payload(item: MediaFile) -> dict[str, Any]:
+    """How the page shows a picture: where it is, its size, and what it was made from."""
+    return {
+        "id": item.pk,
+        "url": media.media_url(item),
+        "width": item.width,
+        "height": item.height,
+        "caption": item.prompt,
+    }
+
+
+def _json_error(message: str, status: int = 400, **extra: Any) -> JsonResponse:
+    return JsonResponse({"type": "error", "message": message, **extra}, status=status)
+
+
+@login_required
+@require_POST
+async def image_send(request: HttpRequest, pk: int) -> HttpResponse:
+    """Draw a picture ("/image PROMPT" or the Draw button), or change one of the conversation's (`edit_of`)."""
+    user = await request.auser()
+    conversation = await _own_conversation_async(user, pk)
+    if conversation.channel != Channel.WEB:
+        return _json_error(_("This conversation happens in Telegram: continue it there."), 409)
+    text = request.POST.get("text", "").strip()
+    prompt = media.image_command(text)
+    if prompt is None:
+        prompt, text = text, f"/image {text}"
+    if not prompt:
+        return _json_error(_("Say what to draw, for example: a lighthouse at dawn, in watercolour."))
+    source = None
+    edit_of = request.POST.get("edit_of", "")
+    if edit_of:
+        picture = await MediaFile.objects.filter(
+            pk=int(edit_of) if edit_of.isdigit() else 0, conversation=conversation, kind=MediaKind.IMAGE
+        ).afirst()
+        if picture is None:
+            return _json_error(_("That picture is no longer in this conversation. Reload the page."))
+        source = await sync_to_async(media.image_source_from_media)(picture)
+    try:
+        turn = await sync_to_async(turn_accept)(conversation=conversation, text=text, sender=user)
+    except ReplyRefused as refusal:
+        return _json_error(str(refusal))
+    ids = {"question_id": turn.user_message.pk, "message_id": turn.reply.pk}
+    try:
+        drawn = await _finish_even_if_gone(turn_draw(turn, prompt=prompt, source=source))
+    except ReplyError as error:
+        return JsonResponse({"type": "error", "message": str(error), **ids})
+    meta = picture_meta(drawn.usage.cost_usd)
+    return JsonResponse({"type": "done", "picture": picture_payload(drawn.media), "meta": meta, **ids})
+
+
+@login_required
+@require_POST
+async def message_speech(request: HttpRequest, pk: int) -> HttpResponse:
+    """Read one of the person's answers out (the first time, charged as speech) and say where the audio is."""
+    user = await request.auser()
+    message = (
+        await Message.objects.select_related("conversation__persona", "conversation__bot")
+        .filter(pk=pk, conversation__user=user, role=Role.ASSISTANT)
+        .afirst()
+    )
+    if message is None:
+        return _json_error(_("No such answer."), 404)
+    if message.status not in (MessageStatus.COMPLETE, MessageStatus.INCOMPLETE) or not message.content.strip():
+        return _json_error(_("This answer has no words to read out."))
+    try:
+        spoken = await _finish_even_if_gone(reply_speak(message=message, requested_by=user))
+    except ReplyError as error:
+        return _json_error(str(error), 502 if not isinstance(error, ReplyRefused) else 400)
+    cost = spoken.usage.cost_usd if spoken.usage is not None else None
+    return JsonResponse(
+        {"type": "done", "url": media.media_url(spoken.media), "cost_usd": str(cost) if cost is not None else None}
+    )
+
+
+_BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _ranged(request: HttpRequest, data: bytes, *, content_type: str) -> HttpResponse:
+    """The file, or the one byte range asked for: browsers need ranges to seek in audio and to know its length."""
+    match = _BYTE_RANGE.match(request.headers.get("Range", "").strip())
+    if match is None or not data or match.groups() == ("", ""):
+        response = HttpResponse(data, content_type=content_type)
+    else:
+        first, last = match.groups()
+        if first:
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+        else:
+            start, end = max(len(data) - int(last), 0), len(data) - 1
+        if start > end:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{len(data)}"
+            return response
+        response = HttpResponse(data[start : end + 1], content_type=content_type, status=206)
+        response["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+    response["Accept-Ranges"] = "bytes"
+    return response
+
+
+@login_required
+@require_GET
+def media_file(request: HttpRequest, pk: int) -> HttpResponse:
+    """A picture or recording, for the owner of its conversation, whoever asked for it, and staff; else 404."""
+    item = get_object_or_404(MediaFile.objects.select_related("conversation"), pk=pk)
+    allowed = (
+        request.user.is_staff or item.conversation.user_id == request.user.pk or item.requested_by_id == request.user.pk
+    )
+    if not allowed:
+        raise Http404(_("No such file."))
+    try:
+        with item.file.open("rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise Http404(_("No such file.")) from exc
+    response = _ranged(request, data, content_type=item.content_type)
+    suffix = item.file.name.rsplit(".", 1)[-1] if "." in item.file.name else "bin"
+    response["Content-Disposition"] = f'inline; filename="jarvis-{item.kind}-{item.pk}.{suffix}"'
+    # Private: a shared cache must never hand one person's picture to another.
+    response["Cache-Control"] = "private, max-age=86400"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
 
 
 # --- Usage --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""A fake OpenAI-compatible server on 127.0.0.1: chat completions (plain and streamed), transcription,
-embeddings, faults.
+"""A fake OpenAI-compatible server on 127.0.0.1: chat completions (plain and streamed), transcription, pictures
+(generations and edits), speech, embeddings, faults.
 
 It runs in its own thread and event loop, so synchronous tests, async tests and subprocesses (the bot run
 by `manage.py runbot`) can all talk to it over real HTTP. Tests script what the next requests get with
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import itertools
 import json
@@ -24,6 +25,8 @@ from typing import Any
 
 import bpe_openai
 from aiohttp import web
+
+from tests.fakes.files import ogg_opus_silence, png_picture
 
 logger = logging.getLogger(__name__)
 _encoding = bpe_openai.get_encoding("o200k_base")
@@ -51,6 +54,12 @@ class Behaviour:
     usage: dict[str, int] | None = None  # override the computed usage
     transcript: str = "This is a fake transcript."
     duration: float = 3.0
+    error_param: str | None = None
+    # Pictures: the picture sent back (PNG), and bytes of padding that make its file bigger but not its size.
+    picture: tuple[int, int] = (64, 64)
+    picture_padding: int = 0
+    # Speech: seconds of (silent) OGG/Opus audio sent back.
+    speech_seconds: float = 1.0
 
 
 @dataclass
@@ -96,6 +105,33 @@ def fake_embedding(text: str, dimensions: int) -> list[float]:
     return [v / norm for v in vector]
 
 
+# What the real API accepts, so that a persona asking for something else gets the real API's error.
+PICTURE_SIZES = {
+    "gpt-image": ("1024x1024", "1024x1536", "1536x1024", "auto"),
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+    "dall-e-2": ("256x256", "512x512", "1024x1024"),
+}
+# Image tokens of a GPT image model's picture by shape and quality (OpenAI's published table).
+PICTURE_TOKENS = {
+    ("square", "low"): 272, ("square", "medium"): 1056, ("square", "high"): 4160,
+    ("long", "low"): 408, ("long", "medium"): 1584, ("long", "high"): 6240,
+}  # fmt: skip
+# What the fake counts for each picture sent to be edited.
+EDIT_IMAGE_TOKENS = 194
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+
+
+def _sizes_for(model: str) -> tuple[str, ...]:
+    return next(
+        (sizes for prefix, sizes in PICTURE_SIZES.items() if model.startswith(prefix)), PICTURE_SIZES["gpt-image"]
+    )
+
+
+def _quoted(values: tuple[str, ...]) -> str:
+    quoted = [f"'{value}'" for value in values]
+    return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+
+
 def prompt_tokens(body: dict[str, Any]) -> int:
     total = 3
     for message in body.get("messages", []):
@@ -114,7 +150,13 @@ class FakeOpenAI:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host, self.port = host, port
         self._lock = threading.Lock()
-        self._script: dict[str, deque[Behaviour]] = {"chat": deque(), "transcription": deque(), "embeddings": deque()}
+        self._script: dict[str, deque[Behaviour]] = {
+            "chat": deque(),
+            "transcription": deque(),
+            "images": deque(),
+            "speech": deque(),
+            "embeddings": deque(),
+        }
         self.default = Behaviour()
         self.served: list[Served] = []
         self.in_flight = 0
@@ -153,6 +195,14 @@ class FakeOpenAI:
         with self._lock:
             return [s for s in self.served if s.path.endswith("/embeddings")]
 
+    def image_requests(self) -> list[Served]:
+        with self._lock:
+            return [s for s in self.served if "/images/" in s.path]
+
+    def speech_requests(self) -> list[Served]:
+        with self._lock:
+            return [s for s in self.served if s.path.endswith("/audio/speech")]
+
     def _next(self, endpoint: str) -> Behaviour:
         with self._lock:
             return self._script[endpoint].popleft() if self._script[endpoint] else self.default
@@ -183,7 +233,7 @@ class FakeOpenAI:
             "error": {
                 "message": behaviour.error_message,
                 "type": "fake_error",
-                "param": None,
+                "param": behaviour.error_param,
                 "code": behaviour.error_code,
             }
         }
@@ -341,6 +391,101 @@ class FakeOpenAI:
             payload["usage"] = usage
         return web.json_response(payload)
 
+    def _invalid(self, param: str, value: str, allowed: tuple[str, ...]) -> web.Response:
+        message = f"Invalid value: '{value}'. Supported values are: {_quoted(allowed)}."
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}}
+        return web.json_response(body, status=400)
+
+    async def _picture(self, request: web.Request) -> web.Response:
+        """images.generate (JSON) and images.edit (multipart): usage as GPT image models report it."""
+        behaviour = self._next("images")
+        form: dict[str, Any] = {}
+        if request.content_type.startswith("multipart/"):
+            images = []
+            async for part in await request.multipart():
+                if part.filename:
+                    data = await part.read()
+                    images.append({"name": part.filename, "size": len(data), "type": part.headers.get("Content-Type")})
+                else:
+                    form[part.name] = await part.text()
+            form["images"] = images
+            body = dict(form)
+        else:
+            body = await request.json()
+        served = Served(path=request.path, body=body, status=behaviour.status, form=form, started=time.monotonic())
+        self._record(served)
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        if behaviour.status != 200:
+            return self._error(behaviour)
+        model = str(body.get("model") or "dall-e-2")
+        size = str(body.get("size") or "")
+        quality = str(body.get("quality") or "")
+        if size and size not in _sizes_for(model):
+            served.status = 400
+            return self._invalid("size", size, _sizes_for(model))
+        picture = png_picture(*behaviour.picture, padding=behaviour.picture_padding)
+        item: dict[str, Any] = {}
+        if model.startswith("dall-e") and body.get("response_format") != "b64_json":
+            served.status = 400
+            return self._invalid("response_format", "url", ("b64_json",))
+        item["b64_json"] = base64.b64encode(picture).decode("ascii")
+        result: dict[str, Any] = {"created": int(time.time()), "data": [item]}
+        if model.startswith("dall-e-3"):
+            item["revised_prompt"] = f"A detailed picture of {body.get('prompt', '')}"
+        if not model.startswith("dall-e"):
+            shape = "square" if size in ("", "auto", "1024x1024") else "long"
+            output = PICTURE_TOKENS[(shape, quality if quality in ("low", "high") else "medium")]
+            text = count(str(body.get("prompt", "")))
+            image = EDIT_IMAGE_TOKENS * len(form.get("images", []))
+            result["usage"] = behaviour.usage or {
+                "input_tokens": text + image,
+                "input_tokens_details": {"text_tokens": text, "image_tokens": image},
+                "output_tokens": output,
+                "total_tokens": text + image + output,
+            }
+            result.update(size=size or "1024x1024", quality=quality or "medium", output_format="png")
+            served.usage = result["usage"]
+        served.finished = time.monotonic()
+        return web.json_response(result)
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        """audio.speech: OGG/Opus as raw bytes, or as server-sent events whose last one carries the usage."""
+        behaviour = self._next("speech")
+        body = await request.json()
+        served = Served(path=request.path, body=body, status=behaviour.status, started=time.monotonic())
+        self._record(served)
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        if behaviour.status != 200:
+            return self._error(behaviour)
+        model = str(body.get("model", ""))
+        if body.get("voice") not in VOICES:
+            served.status = 400
+            return self._invalid("voice", str(body.get("voice")), VOICES)
+        audio = ogg_opus_silence(behaviour.speech_seconds)
+        if body.get("stream_format") != "sse":
+            served.text = body.get("input", "")
+            return web.Response(body=audio, content_type="audio/ogg")
+        if model.startswith("tts-1"):
+            served.status = 400
+            return self._invalid("stream_format", "sse", ("audio",))
+        usage = behaviour.usage or {
+            "input_tokens": count(str(body.get("input", ""))),
+            "output_tokens": int(behaviour.speech_seconds * 83),
+        }
+        usage = {**usage, "total_tokens": usage["input_tokens"] + usage["output_tokens"]}
+        served.usage = usage
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(audio), 4096):
+            piece = base64.b64encode(audio[start : start + 4096]).decode("ascii")
+            await response.write(f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': piece})}\n\n".encode())
+        await response.write(f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode())
+        await response.write_eof()
+        served.finished = time.monotonic()
+        return response
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
 
@@ -349,6 +494,9 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/images/generations", self._picture)
+        app.router.add_post("/v1/images/edits", self._picture)
+        app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/v1/models", self._models)
         return app
 

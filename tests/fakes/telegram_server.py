@@ -38,6 +38,8 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from aiohttp import web
 
+from tests.fakes.files import png_dimensions
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -46,6 +48,10 @@ ChatKey = int | str
 MESSAGE_LIMIT = 4096
 CAPTION_LIMIT = 1024
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile refuses bigger files
+# sendPhoto: at most 10 MB, width + height at most 10000, one side at most 20 times the other.
+PHOTO_LIMIT = 10 * 1024 * 1024
+PHOTO_MAX_SIDES = 10000
+PHOTO_MAX_RATIO = 20
 _CONFLICT_POLL = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
 FILE_ROUTE_METHOD = "downloadFile"  # how file downloads appear in calls(); not a real Bot API method
 
@@ -1594,6 +1600,8 @@ class FakeTelegram:
     def _send_media(self, bot: _Bot, params: dict[str, Any], kind: str) -> Any:
         chat_id = self._target_chat(bot, params)
         source = params.get(kind)
+        if kind == "photo" and isinstance(source, UploadedFile):
+            self._check_photo(source.data)
         if isinstance(source, UploadedFile):
             mime = source.content_type or _DEFAULT_MIME.get(kind)
             media = self.add_file(bot.token, source.data, kind, mime, file_name=source.filename)
@@ -1617,6 +1625,17 @@ class FakeTelegram:
         content = {kind: [media] if kind == "photo" else media}
         stored = self._store_bot_message(bot, chat_id, kind, raw, visible, mode, entities, params, content)
         return copy.deepcopy(stored.payload)
+
+    @staticmethod
+    def _check_photo(data: bytes) -> None:
+        """Telegram's limits on an uploaded photo (PNG dimensions are read; other formats only by size)."""
+        if len(data) > PHOTO_LIMIT:
+            raise _ApiError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+        dimensions = png_dimensions(data)
+        if dimensions is not None:
+            width, height = dimensions
+            if width + height > PHOTO_MAX_SIDES or max(width, height) > PHOTO_MAX_RATIO * max(min(width, height), 1):
+                raise _ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
 
     def _m_get_file(self, bot: _Bot, params: dict[str, Any]) -> Any:
         record = bot.files.get(str(params.get("file_id", "")))
