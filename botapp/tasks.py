@@ -22,6 +22,7 @@ from telegram.error import TelegramError
 
 from botapp import llm
 from botapp.conversations import DEFAULT_SYSTEM_PROMPT, IN_CONTEXT, context_budget
+from botapp.documents.services import documents_expire
 from botapp.models import (
     Bot,
     Conversation,
@@ -416,6 +417,8 @@ def messages_retention() -> str:
     for batch in _in_batches(list(old_media.values_list("id", flat=True))):
         with transaction.atomic():
             files += MediaFile.objects.filter(id__in=batch).delete()[1].get("botapp.MediaFile", 0)
+    # Files people sent in chats go the same way, with their chunks and index (knowledge bases stay).
+    documents = documents_expire(before=cutoff)
     updates = 0
     for batch in _in_batches(list(ProcessedUpdate.objects.filter(created_at__lt=cutoff).values_list("id", flat=True))):
         with transaction.atomic():
@@ -456,7 +459,7 @@ def messages_retention() -> str:
     )
     return (
         f"Retention ({days} days): {messages} message(s) and {conversations} conversation(s) {verb}, "
-        f"{updates} stored Telegram update(s) and {files} generated file(s) deleted."
+        f"{updates} stored Telegram update(s), {files} generated file(s) and {documents} document(s) deleted."
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 from django.conf import settings
@@ -134,3 +135,16 @@ def documents_reindex(*, documents: Iterable[Document]) -> int:
         for document_id in ids:
             ingestion_enqueue(document_id)
     return len(ids)
+
+
+def documents_expire(*, before: datetime) -> int:
+    """Delete the files sent in conversations before `before`, with their chunks and index (retention)."""
+    deleted = 0
+    old = list(Document.objects.filter(conversation__isnull=False, created_at__lt=before).values_list("pk", flat=True))
+    for start in range(0, len(old), 100):
+        with transaction.atomic():
+            # One by one through the ORM, so that each takes its full-text rows with it (a pre_delete signal).
+            for document in Document.objects.filter(pk__in=old[start : start + 100]).only("pk"):
+                document.delete()
+                deleted += 1
+    return deleted
