@@ -156,7 +156,9 @@ def _insert(index: FullTextIndex, batch: Sequence[tuple[int, int, str]]) -> int:
             sql = f"INSERT INTO {index.name} (rowid, grp, terms) VALUES (%s, %s, %s)"  # noqa: S608
             cursor.executemany(sql, batch)
         else:
-            values = ", ".join(["(%s, %s, to_tsvector('simple', %s))"] * len(batch))
+            # Without positions (strip): a chunk's vector stays small enough to be stored uncompressed in
+            # the row, and ranking reads it without decompressing (ts_rank needs only the lexemes).
+            values = ", ".join(["(%s, %s, strip(to_tsvector('simple', %s)))"] * len(batch))
             params = [value for row in batch for value in row]
             cursor.execute(f"INSERT INTO {index.name} (id, grp, terms) VALUES {values}", params)  # noqa: S608
     return len(batch)
