@@ -107,7 +107,9 @@ class ReadOnlyAdmin(LargeTableAdmin):
 
 class ProfileInline(admin.StackedInline):
     model = Profile
-    fields = ["is_blocked", "daily_budget_usd", "monthly_budget_usd", "unlimited_budget", "language_code"]
+    fields = [
+        "is_blocked", "daily_budget_usd", "monthly_budget_usd", "unlimited_budget", "language_code", "time_zone",
+    ]  # fmt: skip
     can_delete = False
     max_num = 1
     verbose_name_plural = _("Access and budget")
@@ -319,6 +321,7 @@ class PersonaAdmin(admin.ModelAdmin):
     list_display = ["name", "model", "temperature", "max_output_tokens", "is_active"]
     list_filter = ["is_active"]
     search_fields = ["name", "model"]
+    filter_horizontal = ["tools"]
 
 
 @admin.register(ModelPrice)
@@ -517,3 +520,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
     def ledger_csv_view(self, request: HttpRequest) -> HttpResponse:
         return admin_views.usage_ledger_csv(request, model_admin=self)
+
+
+# Tools, MCP servers and tool calls have their admin beside their code.
+from botapp.tools import admin as _tools_admin  # noqa: E402, F401

@@ -1,4 +1,9 @@
-"""The funnel: one user message in, one persisted and priced assistant answer out, for every channel."""
+"""The funnel: one user message in, one persisted and priced assistant answer out, for every channel.
+
+An answer is one or more rounds: the model is called, and when it asks for tools they are stored, run and
+their results sent back, until it answers in words or the rounds run out (botapp.tools.limits). Each model
+call is its own ledger row, billed once; what the model is sent is built in botapp.context.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,31 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
 from botapp import llm, media
+from botapp.context import (
+    Context,
+    DocumentsNotReady,
+    MessageTooLong,
+    context_build,
+    images_of,
+    persona_of,
+    tool_results_fit,
+)
 from botapp.database import database_retry, is_unavailable
 from botapp.documents import context as documents_context
 from botapp.documents import services as documents_services
@@ -36,24 +49,28 @@ from botapp.models import (
     MediaFile,
     Message,
     MessageStatus,
-    ModelPrice,
     Persona,
+    Profile,
     Role,
+    Tool,
+    ToolCall,
     UsageKind,
     UsageRecord,
     UsageStatus,
 )
 from botapp.storable import storable_text
-from botapp.usage import budget_refusal, price_in_force, profile_for, usage_record_create
+from botapp.tools import limits
+from botapp.tools.builtins import person_time_zone
+from botapp.tools.records import sources_of, tool_calls_close, tool_calls_interrupt, tool_calls_open, tool_calls_refuse
+from botapp.tools.registry import ToolContext
+from botapp.tools.runner import Outcome, ToolEvent, calls_run, toolbox_for
+from botapp.tools.services import model_tools_unsupported_note
+from botapp.usage import budget_refusal, profile_for, usage_record_create
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are Jarvis, a helpful, concise assistant."
-# How many recent messages are read to fill the window; more than this never fits a sane budget.
-CONTEXT_SCAN_LIMIT = 400
-IN_CONTEXT = (MessageStatus.COMPLETE, MessageStatus.INCOMPLETE)
-
 DeltaCallback = Callable[[str, str], Awaitable[None]]
+ToolCallback = Callable[[ToolEvent], Awaitable[None]]
 
 
 class ReplyError(Exception):
@@ -79,15 +96,34 @@ class Turn:
     conversation: Conversation
     user_message: Message
     reply: Message
+    # An answer left pending (a crash, a restart): the rounds it already made are carried, not made again.
+    resumed: bool = False
 
 
 @dataclass
 class Reply:
+    """A stored answer: its text, the ledger row of each model call it made, and its tool calls."""
+
     message: Message
+    # The last model call's ledger row.
     usage: UsageRecord | None
     text: str
-    # Documents the answer was built on, to cite under it.
-    sources: list[documents_context.Source] = dataclass_field(default_factory=list)
+    records: list[UsageRecord] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    # Documents the answer was sent, to cite under it.
+    documents: list[documents_context.Source] = field(default_factory=list)
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """What the answer's model calls cost together (None: nothing was billed)."""
+        if not self.records:
+            return None
+        return sum((record.cost_usd for record in self.records), Decimal("0"))
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """The pages the answer used, to link under it."""
+        return sources_of(self.tool_calls, self.text)
 
 
 # --- Writing the question down --------------------------------------------------------------------
@@ -126,7 +162,7 @@ def turn_accept(
         sender=sender or conversation.user,
         content=text,
         attachments=list(attachments),
-        token_count=_tokens_of_question(text, model=model) + llm.TOKENS_PER_IMAGE * len(_images(attachments)),
+        token_count=_tokens_of_question(text, model=model) + llm.TOKENS_PER_IMAGE * len(images_of(attachments)),
         telegram_message_id=telegram_message_id,
         created_at=now,
     )
@@ -138,10 +174,6 @@ def turn_accept(
         Message.objects.bulk_create([user_message, reply])
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     return Turn(conversation=conversation, user_message=user_message, reply=reply)
-
-
-def _images(attachments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [attachment for attachment in attachments if attachment.get("url")]
 
 
 @dataclass
@@ -227,152 +259,7 @@ def turn_for_pending_reply(reply: Message) -> Turn:
     user_message = conversation.messages.filter(role=Role.USER, id__lt=reply.id).order_by("-id").first()
     if user_message is None:
         raise ReplyRefused(_("There is nothing to answer."))
-    return Turn(conversation=conversation, user_message=user_message, reply=reply)
-
-
-# --- Building the context -----------------------------------------------------------------------
-
-
-def _persona(conversation: Conversation) -> Persona | None:
-    if conversation.persona_id is None:
-        return Persona.objects.filter(name="Jarvis").first()
-    return conversation.persona
-
-
-_LOOK_UP = object()
-
-
-def context_budget(*, model: str, max_output_tokens: int, price: ModelPrice | object | None = _LOOK_UP) -> int:
-    """Tokens the request may take: the model's window less room for the answer, capped by the setting."""
-    if price is _LOOK_UP:
-        price = price_in_force(model=model)
-    budget = settings.CONTEXT_TOKEN_BUDGET
-    if price is not None and price.context_window:
-        budget = min(budget, price.context_window - max_output_tokens)
-    return max(budget, 0)
-
-
-class _Row(NamedTuple):
-    """A message as the context reads it: plain values, not a model instance (hundreds are read per answer)."""
-
-    id: int
-    role: str
-    content: str
-    attachments: list[dict[str, Any]]
-    token_count: int
-
-
-def _as_chat_message(message: _Row, *, with_images: bool) -> dict[str, Any]:
-    if not message.attachments:
-        return {"role": message.role, "content": message.content}
-    images = _images(message.attachments)
-    content = message.content
-    files = [attachment["name"] for attachment in message.attachments if attachment.get("type") == "document"]
-    if files:
-        # The files themselves reach the model through the documents' context message.
-        note = _("[sent the document(s): %(names)s]") % {"names": ", ".join(files)}
-        content = f"{content}\n{note}".strip()
-    if not images:
-        return {"role": message.role, "content": content}
-    if not with_images:
-        note = _("[%(count)d image(s) sent earlier]") % {"count": len(images)}
-        return {"role": message.role, "content": f"{content}\n{note}".strip()}
-    parts: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
-    for attachment in images:
-        parts.append({"type": "image_url", "image_url": {"url": attachment["url"], "detail": "low"}})
-    return {"role": message.role, "content": parts}
-
-
-@dataclass
-class Context:
-    messages: list[dict[str, Any]]
-    model: str
-    temperature: float | None
-    max_output_tokens: int
-    input_tokens: int
-    # The price in force when the call was made: what it is charged at.
-    price: ModelPrice | None
-    # Older history was left out: time for the summary job.
-    history_trimmed: bool
-    # The documents (or parts) sent with the question, to cite under the answer.
-    sources: list[documents_context.Source] = dataclass_field(default_factory=list)
-
-
-def context_build(turn: Turn) -> Context:
-    """System prompt, summary, then as many of the latest messages as fit, oldest first.
-
-    The newest messages win; the system prompt is never cut; a question that alone does not fit is refused.
-    """
-    conversation = turn.conversation
-    persona = _persona(conversation)
-    model = conversation.effective_model
-    max_output = persona.max_output_tokens if persona else 1024
-    head = [{"role": "system", "content": persona.system_prompt if persona else DEFAULT_SYSTEM_PROMPT}]
-    if conversation.summary:
-        head.append(
-            {"role": "system", "content": _("Summary of the earlier conversation:") + "\n" + conversation.summary}
-        )
-    price = price_in_force(model=model)
-    budget = context_budget(model=model, max_output_tokens=max_output, price=price)
-    used = llm.count_message_tokens(head, model=model)
-    # Documents get their share of what the question leaves; the history fills the rest.
-    spare = budget - used - turn.user_message.token_count - llm.TOKENS_PER_MESSAGE
-    documents = documents_context.context_for_question(
-        conversation=conversation,
-        persona=persona,
-        question=turn.user_message,
-        reply=turn.reply,
-        model=model,
-        budget=int(max(spare, 0) * documents_context.DOCUMENT_SHARE),
-    )
-    if documents is not None:
-        if documents.refusal:
-            raise ReplyRefused(documents.refusal)
-        head += documents.messages
-        used += documents.tokens
-    rows = (
-        Message.objects.filter(
-            conversation_id=conversation.pk,
-            id__lt=turn.reply.id,
-            id__gt=conversation.summary_until_id or 0,
-            role__in=(Role.USER, Role.ASSISTANT),
-            status__in=IN_CONTEXT,
-        )
-        .order_by("-id")
-        .values_list("id", "role", "content", "attachments", "token_count")[:CONTEXT_SCAN_LIMIT]
-    )
-    picked: list[_Row] = []
-    history_trimmed = False
-    for row in map(_Row._make, rows):
-        cost = row.token_count + llm.TOKENS_PER_MESSAGE
-        if used + cost > budget:
-            history_trimmed = True
-            break
-        picked.append(row)
-        used += cost
-    else:
-        # All that was read fitted; a scan that stopped at its limit still left older messages out.
-        history_trimmed = len(picked) >= CONTEXT_SCAN_LIMIT
-    if not picked or picked[0].id != turn.user_message.id:
-        limit = max(budget - llm.count_message_tokens(head, model=model), 0)
-        raise ReplyRefused(
-            _(
-                "Your message is too long for the model: it is about %(tokens)d tokens and at most %(limit)d fit. "
-                "Please shorten it or send it in parts."
-            )
-            % {"tokens": turn.user_message.token_count, "limit": limit}
-        )
-    history = [_as_chat_message(m, with_images=m.id == turn.user_message.id) for m in reversed(picked)]
-    return Context(
-        messages=head + history,
-        model=model,
-        temperature=float(persona.temperature) if persona else None,
-        max_output_tokens=max_output,
-        input_tokens=used,
-        price=price,
-        history_trimmed=history_trimmed,
-        sources=documents.sources if documents is not None else [],
-    )
+    return Turn(conversation=conversation, user_message=user_message, reply=reply, resumed=True)
 
 
 # --- Answering ----------------------------------------------------------------------------------
@@ -457,20 +344,32 @@ def _refuse(turn: Turn, sentence: str) -> None:
 
 
 def _check_and_build(turn: Turn) -> Context:
-    _check_turn(turn)
-    return context_build(turn)
+    fresh, profile = _check_turn(turn)
+    toolbox = None
+    if fresh.persona_id is None or fresh.has_tools:
+        toolbox = toolbox_for(persona=persona_of(turn.conversation), model=turn.conversation.effective_model)
+    try:
+        context = context_build(turn, toolbox=toolbox, resumed=turn.resumed)
+    except (MessageTooLong, DocumentsNotReady) as exc:
+        raise ReplyRefused(str(exc)) from exc
+    context.time_zone = person_time_zone(profile.time_zone)
+    return context
 
 
-def _check_turn(turn: Turn) -> None:
-    """ReplyRefused when the turn may not be answered: a message too long, a blocked person, a spent budget."""
+def _check_turn(turn: Turn) -> tuple[Conversation, Profile]:
+    """ReplyRefused when the turn may not be answered: a message too long, a blocked person, a spent budget.
+
+    Returns the conversation as stored now (annotated `has_tools`) and the person's profile.
+    """
     # A background job may have titled or summarised the conversation since the turn was read.
+    has_tools = Exists(Tool.objects.filter(personas=OuterRef("persona_id"), enabled=True))
     fresh = (
         Conversation.objects.select_related("persona")
-        .annotate(has_documents=documents_context.in_scope())
+        .annotate(has_tools=has_tools, has_documents=documents_context.in_scope())
         .get(pk=turn.conversation.pk)
     )
-    for field in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
-        setattr(turn.conversation, field, getattr(fresh, field))
+    for field_name in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
+        setattr(turn.conversation, field_name, getattr(fresh, field_name))
     sender = turn.user_message.sender or turn.conversation.user
     if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:
         raise ReplyRefused(
@@ -484,6 +383,92 @@ def _check_turn(turn: Turn) -> None:
     refusal = budget_refusal(user=sender, profile=profile)
     if refusal:
         raise ReplyRefused(refusal)
+    return fresh, profile
+
+
+def _spend_refusal(user: AbstractBaseUser) -> str | None:
+    """Why `user` may spend no more now (blocked, or over budget), or None."""
+    profile = profile_for(user)
+    if profile.is_blocked or not user.is_active:
+        return _("Sorry, you are not allowed to use Jarvis. Please contact an admin.")
+    return budget_refusal(user=user, profile=profile)
+
+
+def _sender(turn: Turn) -> AbstractBaseUser:
+    return turn.user_message.sender or turn.conversation.user
+
+
+def _round_usage(context: Context, *, text: str, calls: Sequence[llm.ToolCall] = ()) -> llm.Usage:
+    """A round's usage counted by Jarvis, for a provider that reported none."""
+    output = llm.count_tokens(text, model=context.model)
+    output += sum(llm.count_tokens(call.name + call.arguments, model=context.model) for call in calls)
+    return llm.Usage(input_tokens=context.input_tokens, output_tokens=output, model=context.model)
+
+
+def _charge(
+    turn: Turn, *, context: Context, usage: llm.Usage, estimated: bool, round_number: int, status: str
+) -> UsageRecord:
+    return usage_record_create(
+        user=_sender(turn),
+        kind=UsageKind.CHAT,
+        model=context.model,
+        channel=turn.conversation.channel,
+        conversation=turn.conversation,
+        message=turn.reply,
+        bot=turn.conversation.bot,
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        status=status,
+        estimated=estimated,
+        price=context.price,
+        round=round_number,
+    )
+
+
+def _store_round(
+    turn: Turn,
+    *,
+    context: Context,
+    round_number: int,
+    text: str,
+    round_text: str,
+    usage: llm.Usage | None,
+    calls: Sequence[llm.ToolCall],
+) -> tuple[list[ToolCall], UsageRecord]:
+    """A round that asked for tools: its ledger row, its calls (as running) and the answer so far, in one write."""
+    estimated = usage is None
+    usage = usage or _round_usage(context, text=round_text, calls=calls)
+    with transaction.atomic():
+        rows = tool_calls_open(
+            message_id=turn.reply.pk,
+            conversation_id=turn.conversation.pk,
+            user_id=_sender(turn).pk,
+            round_number=round_number,
+            calls=calls,
+            toolbox=context.toolbox,
+        )
+        Message.objects.filter(pk=turn.reply.pk).update(content=storable_text(text))
+        record = _charge(
+            turn, context=context, usage=usage, estimated=estimated, round_number=round_number,
+            status=UsageStatus.COMPLETE,
+        )  # fmt: skip
+    context.billed_input_tokens += usage.input_tokens
+    context.billed_output_tokens += usage.output_tokens
+    return rows, record
+
+
+def _round_refusal(turn: Turn, rows: list[ToolCall]) -> str | None:
+    """With the round paid for: why the person may not spend on its tools (stored on the calls), or None."""
+    refusal = _spend_refusal(_sender(turn))
+    if refusal:
+        tool_calls_refuse(rows, reason=refusal)
+    return refusal
+
+
+def _close_round(rows: list[ToolCall], outcomes: list[Outcome], *, context: Context) -> None:
+    """Store what each call of a round gave; the answer's context grows by what they take."""
+    context.tool_tokens += tool_calls_close(rows, outcomes, model=context.model)
 
 
 def _store_answer(
@@ -496,30 +481,33 @@ def _store_answer(
     latency_ms: int,
     error: str = "",
     lease_token: str = "",
+    round_number: int = 1,
+    round_text: str | None = None,
+    charge: bool = True,
 ) -> UsageRecord | None:
-    """Record the answer and its ledger row together: nothing spent goes unrecorded, nothing twice.
+    """Record the answer and its last round's ledger row together: nothing spent goes unrecorded, nothing twice.
 
-    The conversation's lease (`lease_token`) is let go in the same write: storing is the answer's last step.
+    `charge=False`: the round was billed already (the answer stopped while its tools ran). The conversation's
+    lease (`lease_token`) is let go in the same write: storing is the answer's last step.
     """
     model = context.model
     estimated = usage is None
     if estimated:
-        usage = llm.Usage(
-            input_tokens=context.input_tokens, output_tokens=llm.count_tokens(text, model=model), model=model
-        )
+        usage = _round_usage(context, text=text if round_text is None else round_text)
+    billed_now = usage if charge else llm.Usage(input_tokens=0, output_tokens=0, model=model)
     reply = turn.reply
     text = storable_text(text)
     reply.content = text
     reply.status = status
     reply.error = error
     reply.model = model
-    reply.input_tokens = usage.input_tokens
-    reply.output_tokens = usage.output_tokens
+    reply.input_tokens = context.billed_input_tokens + billed_now.input_tokens
+    reply.output_tokens = context.billed_output_tokens + billed_now.output_tokens
     reply.token_count = llm.count_tokens(text, model=model)
+    reply.tool_tokens = context.tool_tokens
     reply.latency_ms = latency_ms
     reply.created_at = timezone.now()
-    sender = turn.user_message.sender or turn.conversation.user
-    charged = not (estimated and not text and status == MessageStatus.FAILED)
+    charged = charge and not (estimated and not text and status == MessageStatus.FAILED)
     with transaction.atomic():
         reply.save(
             update_fields=[
@@ -530,10 +518,13 @@ def _store_answer(
                 "input_tokens",
                 "output_tokens",
                 "token_count",
+                "tool_tokens",
                 "latency_ms",
                 "created_at",
             ]
         )
+        if context.toolbox is not None or context.tool_tokens:
+            tool_calls_interrupt(message_id=reply.pk, reason=error or _("Stopped."))
         if status == MessageStatus.FAILED and not text:
             Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
         released = {}
@@ -553,28 +544,221 @@ def _store_answer(
             )
         if not charged:
             return None
-        return usage_record_create(
-            user=sender,
-            kind=UsageKind.CHAT,
-            model=model,
-            channel=turn.conversation.channel,
-            conversation=turn.conversation,
-            message=reply,
-            bot=turn.conversation.bot,
-            input_tokens=usage.input_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            output_tokens=usage.output_tokens,
+        return _charge(
+            turn, context=context, usage=usage, estimated=estimated, round_number=round_number,
             status=UsageStatus.COMPLETE if status == MessageStatus.COMPLETE else UsageStatus.INCOMPLETE,
-            estimated=estimated,
-            price=context.price,
+        )  # fmt: skip
+
+
+class _Answering:
+    """One answer being written: its rounds of model calls and tool calls, stored exactly once at the end."""
+
+    def __init__(
+        self,
+        turn: Turn,
+        context: Context,
+        *,
+        lease_token: str,
+        on_delta: DeltaCallback | None,
+        on_tool: ToolCallback | None,
+    ) -> None:
+        self.turn = turn
+        self.context = context
+        self.lease_token = lease_token
+        self.on_delta = on_delta
+        self.on_tool = on_tool
+        self.text = context.text_so_far
+        self.round = context.rounds_done + 1
+        self.tool_rounds = context.rounds_done
+        self.specs = context.toolbox.specs() if context.toolbox is not None else None
+        self.records: list[UsageRecord] = []
+        self.tool_calls: list[ToolCall] = []
+        self.started = time.monotonic()
+        self.stored = False
+
+    async def run(self) -> Reply:
+        while True:
+            may_call = self.specs is not None and self.tool_rounds < limits.max_rounds()
+            # Past the last tool round the model still sees the tools (the history names them) but may not call.
+            choice = None if may_call or self.specs is None else "none"
+            round_text, calls, usage = await self._model_call(tool_choice=choice)
+            if calls and may_call and self.specs is not None:
+                await self._tool_round(round_text, calls, usage)
+                continue
+            if calls and not self.text.strip():
+                self.text = _(
+                    "Jarvis used the %(rounds)d tool rounds it may take without reaching an answer. Please ask again, "
+                    "perhaps more precisely."
+                ) % {"rounds": self.tool_rounds}
+            record = await self._store(
+                text=self.text, usage=usage, round_text=round_text, status=MessageStatus.COMPLETE
+            )
+            return Reply(
+                message=self.turn.reply,
+                usage=record,
+                text=self.text,
+                records=self.records,
+                tool_calls=self.tool_calls,
+                documents=self.context.documents,
+            )
+
+    async def _model_call(self, *, tool_choice: str | None) -> tuple[str, tuple[llm.ToolCall, ...], llm.Usage | None]:
+        """Stream one model call; the person sees its words join the answer so far."""
+        prefix = self.text
+        separator = "\n\n" if prefix and not prefix.endswith("\n\n") else ""
+        parts: list[str] = []
+        usage: llm.Usage | None = None
+        calls: tuple[llm.ToolCall, ...] = ()
+        context = self.context
+        stream = llm.chat_stream(
+            messages=context.messages,
+            model=context.model,
+            temperature=context.temperature,
+            max_tokens=context.max_output_tokens,
+            tools=self.specs,
+            tool_choice=tool_choice,
         )
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, llm.Usage):
+                        usage = item
+                    elif isinstance(item, llm.ToolCalls):
+                        calls = item.calls
+                    else:
+                        delta = separator + item if not parts else item
+                        parts.append(delta)
+                        self.text = prefix + "".join(parts)
+                        if self.on_delta is not None:
+                            await self.on_delta(delta, self.text)
+        except llm.LLMToolsUnsupported as exc:
+            if parts or self.round != 1 or self.context.rounds_done:
+                return await self._failed(exc, usage=usage, round_text="".join(parts))
+            await self._without_tools(str(exc))
+            return await self._model_call(tool_choice=None)
+        except asyncio.CancelledError:
+            logger.info(
+                "Answer in conversation %s stopped after %d characters", self.turn.conversation.pk, len(self.text)
+            )
+            await self._store(
+                text=self.text, usage=usage, round_text="".join(parts), status=MessageStatus.INCOMPLETE,
+                error=_("Stopped."),
+            )  # fmt: skip
+            raise
+        except llm.LLMError as exc:
+            return await self._failed(exc, usage=usage, round_text="".join(parts))
+        except Exception:
+            # Showing the answer failed (the chat, a callback): what the model wrote and cost is still kept.
+            logger.exception("Answer in conversation %s broke off", self.turn.conversation.pk)
+            await self._store(
+                text=self.text, usage=usage, round_text="".join(parts),
+                status=MessageStatus.INCOMPLETE if self.text else MessageStatus.FAILED,
+                error=_("The answer could not be delivered."),
+            )  # fmt: skip
+            raise
+        return "".join(parts), calls, usage
+
+    async def _failed(self, exc: llm.LLMError, *, usage: llm.Usage | None, round_text: str) -> Any:
+        logger.warning("Model call failed in conversation %s: %s", self.turn.conversation.pk, exc.__class__.__name__)
+        status = MessageStatus.INCOMPLETE if self.text else MessageStatus.FAILED
+        await self._store(text=self.text, usage=usage, round_text=round_text, status=status, error=str(exc))
+        raise ReplyFailed(str(exc), partial=self.text) from exc
+
+    async def _without_tools(self, reason: str) -> None:
+        """The model refused tools: remember it, and ask again without them (and without tool history)."""
+        model = self.context.model
+        logger.info("Model %s refuses tools (%s): asking without them from now on", model, reason[:200])
+        await sync_to_async(model_tools_unsupported_note)(model=model, error=reason)
+        fresh = await sync_to_async(context_build)(self.turn)
+        fresh.time_zone = self.context.time_zone
+        self.context = fresh
+        self.specs = None
+
+    async def _tool_round(self, round_text: str, calls: tuple[llm.ToolCall, ...], usage: llm.Usage | None) -> None:
+        """Store the round, run its calls side by side, store their outcomes, and give them to the model."""
+        context = self.context
+        # Retried while the database is away: the round is paid for.
+        rows, record = await asyncio.shield(
+            database_retry(
+                _store_round, self.turn, context=context, round_number=self.round, text=self.text,
+                round_text=round_text, usage=usage, calls=calls,
+            )
+        )  # fmt: skip
+        refusal = await database_retry(_round_refusal, self.turn, rows)
+        self.records.append(record)
+        self.tool_calls += rows
+        if refusal:
+            status = MessageStatus.INCOMPLETE if self.text.strip() else MessageStatus.FAILED
+            await self._store(text=self.text, usage=None, round_text="", status=status, error=refusal, charge=False)
+            raise ReplyFailed(refusal, partial=self.text)
+        sender = _sender(self.turn)
+        tool_context = ToolContext(
+            user_id=sender.pk,
+            conversation_id=self.turn.conversation.pk,
+            message_id=self.turn.reply.pk,
+            channel=self.turn.conversation.channel,
+            bot_id=self.turn.conversation.bot_id,
+            time_zone=context.time_zone,
+            allow_private_urls=settings.TOOLS_ALLOW_PRIVATE_URLS,
+            round_number=self.round,
+        )
+        assert context.toolbox is not None
+        try:
+            outcomes = await calls_run(
+                calls, record_ids=[row.pk for row in rows], round_number=self.round, toolbox=context.toolbox,
+                context=tool_context, on_event=self.on_tool,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            await self._store(
+                text=self.text, usage=None, round_text="", status=MessageStatus.INCOMPLETE, error=_("Stopped."),
+                charge=False,
+            )  # fmt: skip
+            raise
+        await asyncio.shield(database_retry(_close_round, rows, outcomes, context=context))
+        context.messages.append(llm.assistant_tool_calls_message(calls, text=round_text))
+        context.messages += [
+            llm.tool_result_message(call_id=call.id, content=outcome.content)
+            for call, outcome in zip(calls, outcomes, strict=True)
+        ]
+        context.input_tokens = tool_results_fit(context.messages, budget=context.budget, model=context.model)
+        self.round += 1
+        self.tool_rounds += 1
+
+    async def _store(
+        self,
+        *,
+        text: str,
+        usage: llm.Usage | None,
+        round_text: str,
+        status: str,
+        error: str = "",
+        charge: bool = True,
+    ) -> UsageRecord | None:
+        latency_ms = int((time.monotonic() - self.started) * 1000)
+        # Shielded: a second cancellation must not lose what was already spent. Retried while the database is
+        # away: the person may have seen the answer, so it is stored and billed once the database is back.
+        record = await asyncio.shield(
+            database_retry(
+                _store_answer,
+                self.turn, context=self.context, text=text, usage=usage, status=status, latency_ms=latency_ms,
+                error=error, lease_token=self.lease_token, round_number=self.round, round_text=round_text,
+                charge=charge,
+            )
+        )  # fmt: skip
+        self.stored = True
+        if record is not None:
+            self.records.append(record)
+        return record
 
 
-async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> Reply:
-    """Answer a stored turn: check, build the context, stream, store and price. Raises ReplyError.
+async def turn_answer(
+    turn: Turn, *, on_delta: DeltaCallback | None = None, on_tool: ToolCallback | None = None
+) -> Reply:
+    """Answer a stored turn: check, build the context, stream, run the tools it asks for, store and price.
 
-    Answers in one conversation never interleave: a lock in this process, and a lease in the database
-    (renewed while the answer streams) across processes.
+    `on_delta(delta, text_so_far)` sees the answer grow; `on_tool(event)` sees each tool call start and end.
+    Raises ReplyError. Answers in one conversation never interleave: a lock in this process, and a lease in
+    the database (renewed while the answer is written) across processes.
     """
     conversation_id = turn.conversation.pk
     async with _lock_for(conversation_id):
@@ -593,64 +777,12 @@ async def turn_answer(turn: Turn, *, on_delta: DeltaCallback | None = None) -> R
             await asyncio.shield(_lease_release(conversation_id, token))
             raise
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
-        stored = False
+        answering = _Answering(turn, context, lease_token=token, on_delta=on_delta, on_tool=on_tool)
         try:
-            parts: list[str] = []
-            usage: llm.Usage | None = None
-            started = time.monotonic()
-
-            async def store(**kwargs: Any) -> UsageRecord | None:
-                nonlocal stored
-                latency_ms = int((time.monotonic() - started) * 1000)
-                # Shielded: a second cancellation must not lose what was already spent. Retried while the
-                # database is away: the person may have seen the answer, so it is stored and billed once it is back.
-                record = await asyncio.shield(
-                    database_retry(
-                        _store_answer, turn, context=context, latency_ms=latency_ms, lease_token=token, **kwargs
-                    )
-                )
-                stored = True
-                return record
-
-            stream = llm.chat_stream(
-                messages=context.messages,
-                model=context.model,
-                temperature=context.temperature,
-                max_tokens=context.max_output_tokens,
-            )
-            try:
-                async with aclosing(stream):
-                    async for item in stream:
-                        if isinstance(item, llm.Usage):
-                            usage = item
-                            continue
-                        parts.append(item)
-                        if on_delta is not None:
-                            await on_delta(item, "".join(parts))
-            except asyncio.CancelledError:
-                text = "".join(parts)
-                logger.info("Answer in conversation %s stopped after %d characters", conversation_id, len(text))
-                await store(text=text, usage=usage, status=MessageStatus.INCOMPLETE, error=_("Stopped."))
-                raise
-            except llm.LLMError as exc:
-                text = "".join(parts)
-                logger.warning("Model call failed in conversation %s: %s", conversation_id, exc.__class__.__name__)
-                status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
-                await store(text=text, usage=usage, status=status, error=str(exc))
-                raise ReplyFailed(str(exc), partial=text) from exc
-            except Exception:
-                # Showing the answer failed (the chat, a callback): what the model wrote and cost is still kept.
-                text = "".join(parts)
-                logger.exception("Answer in conversation %s broke off after %d characters", conversation_id, len(text))
-                status = MessageStatus.INCOMPLETE if text else MessageStatus.FAILED
-                await store(text=text, usage=usage, status=status, error=_("The answer could not be delivered."))
-                raise
-            text = "".join(parts)
-            record = await store(text=text, usage=usage, status=MessageStatus.COMPLETE)
-            return Reply(message=turn.reply, usage=record, text=text, sources=context.sources)
+            return await answering.run()
         finally:
             keeper.cancel()
-            if not stored:
+            if not answering.stored:
                 await asyncio.shield(_lease_release(conversation_id, token))
 
 
@@ -662,6 +794,7 @@ async def conversation_reply(
     attachments: Sequence[dict[str, Any]] = (),
     telegram_message_id: int | None = None,
     on_delta: DeltaCallback | None = None,
+    on_tool: ToolCallback | None = None,
 ) -> Reply:
     """Store what the person said, then answer it. `on_delta(delta, text_so_far)` sees the answer grow."""
     turn = await sync_to_async(turn_accept)(
@@ -671,7 +804,7 @@ async def conversation_reply(
         attachments=attachments,
         telegram_message_id=telegram_message_id,
     )
-    return await turn_answer(turn, on_delta=on_delta)
+    return await turn_answer(turn, on_delta=on_delta, on_tool=on_tool)
 
 
 @dataclass
@@ -682,16 +815,19 @@ class StreamEnd:
     error: ReplyError | None = None
 
 
-async def turn_answer_stream(turn: Turn) -> AsyncIterator[str | StreamEnd]:
-    """`turn_answer` as an async iterator of deltas ending with a `StreamEnd`; closing it early stops the answer."""
-    queue: asyncio.Queue[str | StreamEnd] = asyncio.Queue()
+async def turn_answer_stream(turn: Turn) -> AsyncIterator[str | ToolEvent | StreamEnd]:
+    """`turn_answer` as an async iterator of deltas and tool events ending with a `StreamEnd`.
+
+    Closing it early stops the answer.
+    """
+    queue: asyncio.Queue[str | ToolEvent | StreamEnd] = asyncio.Queue()
 
     async def on_delta(delta: str, _text: str) -> None:
         await queue.put(delta)
 
     async def run() -> None:
         try:
-            reply = await turn_answer(turn, on_delta=on_delta)
+            reply = await turn_answer(turn, on_delta=on_delta, on_tool=queue.put)
         except ReplyError as exc:
             await queue.put(StreamEnd(error=exc))
         else:

@@ -1,4 +1,4 @@
-"""The model provider: the only module that imports `openai` (chat, transcription, embeddings, pictures, speech)."""
+"""The model provider: the only module that imports `openai` (chat, tools, transcription, embeddings, media)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import logging
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ class LLMBadRequest(LLMError):
     """The provider rejected the request for another reason."""
 
 
+class LLMToolsUnsupported(LLMBadRequest):
+    """The model (or the server in front of it) refused a request because it carried tools."""
+
+
 class LLMStreamBroken(LLMError):
     """The answer stopped arriving part-way through."""
 
@@ -99,6 +104,22 @@ class Usage:
     output_tokens: int
     cached_input_tokens: int = 0
     model: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model asked for: its id, the function's name and its arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """Yielded by `chat_stream` once the stream ended with the model asking for these calls (in order)."""
+
+    calls: tuple[ToolCall, ...]
 
 
 @dataclass(frozen=True)
@@ -172,10 +193,20 @@ def is_configured() -> bool:
     return bool(settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL)
 
 
-def _translate(exc: Exception, *, model: str) -> LLMError:
+# What servers that cannot do function calling say when they get `tools` (Ollama, vLLM, llama.cpp, LM Studio).
+_TOOLS_REFUSAL_WORDS = ("tool", "function")
+
+
+def _translate(exc: Exception, *, model: str, tools_sent: bool = False) -> LLMError:
     """Map an SDK or transport error to a typed error whose text tells a person what to do."""
     if isinstance(exc, LLMError):
         return exc
+    if (
+        tools_sent
+        and isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError)
+        and any(word in (exc.message or "").lower() for word in _TOOLS_REFUSAL_WORDS)
+    ):
+        return LLMToolsUnsupported(exc.message or "")
     if isinstance(exc, openai.APITimeoutError):
         return LLMTimeout(_("The AI service did not answer in time. Please try again in a minute."))
     if isinstance(exc, openai.APIConnectionError):
@@ -245,14 +276,88 @@ def _messages_param(messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"messages": [], "extra_body": {"messages": list(messages)}}
 
 
+# --- Tool calls: the Chat Completions wire format ------------------------------------------------
+
+
+def tool_spec(*, name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A function the model may call, as the `tools` parameter lists it."""
+    schema = parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
+
+
+def assistant_tool_calls_message(calls: Sequence[ToolCall], *, text: str = "") -> dict[str, Any]:
+    """The assistant's turn that asked for `calls`, as it goes back into the conversation."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls
+        ],
+    }
+
+
+def tool_result_message(*, call_id: str, content: str) -> dict[str, Any]:
+    """A tool's result for the model: always a `tool` message, never system or user text."""
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+class _ToolCallAssembler:
+    """Builds whole calls from streamed pieces: the id and name come first, the arguments in fragments.
+
+    Calls are told apart by `index`; some servers (Ollama) reuse index 0 for every call of a parallel batch
+    and tell them apart only by a new id, so a new id at an index already in use starts another call.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[dict[str, Any]] = []
+        self._slot_of_index: dict[int, int] = {}
+
+    def add(self, pieces: Sequence[Any]) -> None:
+        for piece in pieces:
+            index = piece.index if piece.index is not None else 0
+            slot = self._slot_of_index.get(index)
+            known = self._calls[slot] if slot is not None else None
+            if known is None or (piece.id and known["id"] and piece.id != known["id"]):
+                self._calls.append({"id": piece.id or "", "name": "", "arguments": []})
+                slot = self._slot_of_index[index] = len(self._calls) - 1
+                known = self._calls[slot]
+            if piece.id and not known["id"]:
+                known["id"] = piece.id
+            function = piece.function
+            if function is not None:
+                if function.name:
+                    known["name"] += function.name
+                if function.arguments:
+                    known["arguments"].append(function.arguments)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(
+                # A server that sends no ids still needs each result matched to its call.
+                id=call["id"] or f"call_{uuid.uuid4().hex[:24]}",
+                name=call["name"],
+                arguments="".join(call["arguments"]),
+            )
+            for call in self._calls
+            if call["name"]
+        )
+
+
 async def chat_stream(
     *,
     messages: Sequence[dict[str, Any]],
     model: str,
     temperature: float | None = None,
     max_tokens: int | None = None,
-) -> AsyncIterator[str | Usage]:
-    """Stream an answer: yields text deltas as they arrive, then the provider's `Usage` if it sent one."""
+    tools: Sequence[dict[str, Any]] | None = None,
+    tool_choice: str | None = None,
+) -> AsyncIterator[str | Usage | ToolCalls]:
+    """Stream an answer: text deltas as they arrive, the provider's `Usage` if it sent one, and at the end
+    `ToolCalls` when the model asked for functions from `tools` instead of (or after) writing text.
+
+    A server that refuses `tools` raises LLMToolsUnsupported before anything was streamed.
+    """
     client = get_client()
     params: dict[str, Any] = {
         "model": model,
@@ -264,23 +369,34 @@ async def chat_stream(
         params["temperature"] = temperature
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
+    if tools:
+        params["extra_body"]["tools"] = list(tools)
+        if tool_choice is not None:
+            params["extra_body"]["tool_choice"] = tool_choice
     try:
         async with asyncio.timeout(settings.OPENAI_FIRST_TOKEN_DEADLINE):
             stream = await client.chat.completions.create(**params)
     except TimeoutError as exc:
         raise LLMTimeout(_("The AI service did not answer in time. Please try again in a minute.")) from exc
     except Exception as exc:
-        raise _translate(exc, model=model) from exc
+        raise _translate(exc, model=model, tools_sent=bool(tools)) from exc
+    assembler = _ToolCallAssembler()
     try:
         async for chunk in stream:
             if chunk.choices:
                 delta = chunk.choices[0].delta
-                if delta is not None and delta.content:
-                    yield delta.content
+                if delta is not None:
+                    if delta.content:
+                        yield delta.content
+                    if delta.tool_calls:
+                        assembler.add(delta.tool_calls)
             if chunk.usage is not None:
                 yield _usage_from(chunk.usage, chunk.model or model)
+        calls = assembler.calls()
+        if calls:
+            yield ToolCalls(calls)
     except openai.APIStatusError as exc:
-        raise _translate(exc, model=model) from exc
+        raise _translate(exc, model=model, tools_sent=bool(tools)) from exc
     except Exception as exc:
         # Whatever breaks once the answer has started (a dropped connection, a read timeout) cuts it short.
         raise LLMStreamBroken(_("The answer was interrupted: the connection to the AI service broke.")) from exc
@@ -634,6 +750,10 @@ def count_message_tokens(messages: Sequence[dict[str, Any]], *, model: str) -> i
     total = TOKENS_REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            total += count_tokens(function.get("name", ""), model=model)
+            total += count_tokens(function.get("arguments", ""), model=model) + TOKENS_PER_MESSAGE
         content = message.get("content")
         if isinstance(content, str):
             total += count_tokens(content, model=model)

@@ -54,6 +54,12 @@ class Profile(models.Model):
         _("unlimited budget"), default=False, help_text=_("Ignore every budget for this person.")
     )
     language_code = models.CharField(_("language"), max_length=16, blank=True)
+    time_zone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        blank=True,
+        help_text=_("IANA name such as Europe/Paris; the web page sets it from the browser. Empty: TIME_ZONE."),
+    )
 
     class Meta:
         verbose_name = _("profile")
@@ -137,6 +143,13 @@ class Persona(models.Model):
         _("answers with voice notes"),
         default=False,
         help_text=_("Telegram answers come as voice notes (with their text); each chat can switch with /voice."),
+    )
+    tools = models.ManyToManyField(
+        "Tool",
+        verbose_name=_("tools"),
+        blank=True,
+        related_name="personas",
+        help_text=_("What Jarvis may use when answering as this persona (web search, MCP tools, ...)."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -301,6 +314,11 @@ class Message(models.Model):
     token_count = models.PositiveIntegerField(
         _("tokens in content"), default=0, help_text=_("Counted once when stored, to build context quickly.")
     )
+    tool_tokens = models.PositiveIntegerField(
+        _("tokens of tool calls"),
+        default=0,
+        help_text=_("What the answer's tool calls and results take in later context; 0: it used no tools."),
+    )
     input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
     output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
     latency_ms = models.PositiveIntegerField(_("latency (ms)"), null=True, blank=True)
@@ -435,6 +453,9 @@ class UsageRecord(models.Model):
     bot = models.ForeignKey(Bot, on_delete=models.SET_NULL, null=True, blank=True)
     model = models.CharField(_("model"), max_length=100)
     kind = models.CharField(_("kind"), max_length=16, choices=UsageKind.choices)
+    round = models.PositiveSmallIntegerField(
+        _("round"), default=1, help_text=_("Which model call of the answer: each tool round calls the model again.")
+    )
     input_tokens = models.PositiveIntegerField(_("input tokens"), default=0, help_text=_("Including cached."))
     cached_input_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
     output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
@@ -473,9 +494,11 @@ class UsageRecord(models.Model):
         verbose_name_plural = _("usage records")
         ordering = ["-created_at"]
         constraints = [
-            # Nothing is billed twice: one charge of each kind per message.
+            # Nothing is billed twice: one charge of each kind per message and model call round.
             models.UniqueConstraint(
-                fields=["message", "kind"], condition=Q(message__isnull=False), name="one_charge_per_message_kind"
+                fields=["message", "kind", "round"],
+                condition=Q(message__isnull=False),
+                name="one_charge_per_message_kind_round",
             )
         ]
         indexes = [
@@ -697,6 +720,150 @@ class UsageDailyPersonTotal(_DailySums):
 
     def __str__(self) -> str:
         return f"{self.day} person {self.user_id}"
+
+
+# --- Tools --------------------------------------------------------------------------------------
+
+
+class McpServer(models.Model):
+    """An MCP server Jarvis calls tools on (streamable HTTP); the optional auth header is encrypted at rest."""
+
+    name = models.SlugField(
+        _("name"), max_length=40, unique=True, help_text=_("Short and unique; the model sees tools as name__tool.")
+    )
+    url = models.URLField(_("URL"), max_length=500, help_text=_("The streamable HTTP endpoint, e.g. http://host/mcp"))
+    auth_header_name = models.CharField(_("auth header"), max_length=64, blank=True, default="Authorization")
+    auth_header_encrypted = models.TextField(_("auth header value (encrypted)"), blank=True, editable=False)
+    auth_header_hint = models.CharField(_("auth header value"), max_length=20, blank=True, editable=False)
+    enabled = models.BooleanField(_("enabled"), default=True, help_text=_("Off: none of its tools is offered."))
+    from_environment = models.BooleanField(
+        _("from MCP_SERVERS"), default=False, editable=False, help_text=_("Registered by set-up from MCP_SERVERS.")
+    )
+    tools_listed_at = models.DateTimeField(_("tools listed"), null=True, blank=True, editable=False)
+    list_error = models.TextField(_("last listing error"), blank=True, editable=False)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("MCP server")
+        verbose_name_plural = _("MCP servers")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def auth_header_value(self) -> str:
+        return crypto.decrypt(self.auth_header_encrypted) if self.auth_header_encrypted else ""
+
+    @auth_header_value.setter
+    def auth_header_value(self, value: str) -> None:
+        self.auth_header_encrypted = crypto.encrypt(value) if value else ""
+        self.auth_header_hint = crypto.mask(value)
+
+
+class ToolKind(models.TextChoices):
+    BUILTIN = "builtin", _("Built in")
+    MCP = "mcp", _("MCP")
+
+
+class Tool(models.Model):
+    """A tool the model may call: a built-in one (code in botapp.tools) or one listed by an MCP server."""
+
+    name = models.CharField(_("name"), max_length=64, unique=True, help_text=_("The function name the model sees."))
+    kind = models.CharField(_("kind"), max_length=16, choices=ToolKind.choices)
+    server = models.ForeignKey(
+        McpServer, verbose_name=_("MCP server"), on_delete=models.CASCADE, null=True, blank=True, related_name="tools"
+    )
+    remote_name = models.CharField(_("name on the server"), max_length=128, blank=True)
+    title = models.CharField(_("title"), max_length=200, blank=True)
+    description = models.TextField(_("description"), blank=True, help_text=_("What the model is told the tool does."))
+    input_schema = models.JSONField(_("arguments (JSON schema)"), default=dict, blank=True)
+    enabled = models.BooleanField(
+        _("enabled everywhere"), default=True, help_text=_("Off: no persona gets this tool, whatever it enables.")
+    )
+    available = models.BooleanField(
+        _("listed by its server"), default=True, editable=False, help_text=_("False: the server no longer lists it.")
+    )
+    # Set-up enables a new tool for the default persona once; after that the admin's choice stands.
+    default_persona_done = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("tool")
+        verbose_name_plural = _("tools")
+        ordering = ["kind", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ToolCallStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
+    OK = "ok", _("Done")
+    ERROR = "error", _("Failed")
+    TIMEOUT = "timeout", _("Timed out")
+    REFUSED = "refused", _("Refused")
+
+
+class ToolCall(models.Model):
+    """One tool call the model asked for while writing an answer: what it asked, what it got, how long it took."""
+
+    message = models.ForeignKey(Message, verbose_name=_("answer"), on_delete=models.CASCADE, related_name="tool_calls")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("person"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    round = models.PositiveSmallIntegerField(_("round"), help_text=_("The model call of the answer that asked."))
+    position = models.PositiveSmallIntegerField(_("position"), default=0)
+    call_id = models.CharField(_("call id"), max_length=100)
+    tool = models.ForeignKey(Tool, on_delete=models.SET_NULL, null=True, blank=True, related_name="calls")
+    tool_name = models.CharField(_("tool"), max_length=128)
+    arguments = models.TextField(_("arguments"), blank=True, help_text=_("JSON, as the model wrote it."))
+    status = models.CharField(
+        _("status"), max_length=16, choices=ToolCallStatus.choices, default=ToolCallStatus.RUNNING
+    )
+    result = models.TextField(_("result"), blank=True, help_text=_("What the model was given (capped)."))
+    result_chars = models.PositiveIntegerField(_("result size (characters)"), default=0)
+    error = models.TextField(_("error"), blank=True)
+    sources = models.JSONField(_("sources"), default=list, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
+    token_count = models.PositiveIntegerField(_("tokens"), default=0)
+    created_at = models.DateTimeField(_("time"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("tool call")
+        verbose_name_plural = _("tool calls")
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["message", "round", "position"], name="one_tool_call_per_slot")]
+        indexes = [
+            models.Index(fields=["created_at"], name="toolcall_time"),
+            models.Index(fields=["tool_name", "created_at"], name="toolcall_tool_time"),
+            models.Index(fields=["user", "created_at"], name="toolcall_user_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool_name} ({self.get_status_display()})"
+
+
+class ModelToolSupport(models.Model):
+    """A model (or the server behind it) that refused a request with tools: it is asked without them."""
+
+    model = models.CharField(_("model"), max_length=100, unique=True)
+    error = models.TextField(_("what the provider said"), blank=True)
+    noted_at = models.DateTimeField(_("noted"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("model without tools")
+        verbose_name_plural = _("models without tools")
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return self.model
 
 
 # Documents and knowledge bases live in their own module; imported here so Django finds their models.

@@ -20,6 +20,7 @@ from django.db.models import (
     IntegerField,
     Model,
     OuterRef,
+    Prefetch,
     QuerySet,
     Subquery,
     Sum,
@@ -37,6 +38,7 @@ from botapp.models import (
     MessageStatus,
     Persona,
     Role,
+    ToolCall,
     UsageDailyPersonTotal,
     UsageDailyTotal,
     UsageKind,
@@ -58,12 +60,20 @@ def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
 
 
 def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
-    """The messages a person sees in a conversation, oldest first, answers with what they cost."""
-    cost = UsageRecord.objects.filter(message=OuterRef("pk"), kind=UsageKind.CHAT).values("cost_usd")[:1]
+    """The messages a person sees in a conversation, oldest first, answers with what they cost (every model call
+    of the answer) and their tool calls."""
+    cost = (
+        UsageRecord.objects.filter(message=OuterRef("pk"), kind=UsageKind.CHAT)
+        .order_by()
+        .values("message")
+        .annotate(total=Sum("cost_usd"))
+        .values("total")
+    )
     return (
         conversation.messages.filter(role__in=(Role.USER, Role.ASSISTANT))
         .exclude(status=MessageStatus.SUPERSEDED)
-        .annotate(cost_usd=Subquery(cost))
+        .annotate(cost_usd=Subquery(cost, output_field=MONEY))
+        .prefetch_related(Prefetch("tool_calls", queryset=ToolCall.objects.order_by("round", "position")))
         .order_by("id")
     )
 
@@ -458,7 +468,7 @@ def conversation_transcript(*, conversation: Conversation, limit: int = TRANSCRI
     latest = (
         Message.objects.filter(conversation=conversation)
         .select_related("sender")
-        .prefetch_related("media")
+        .prefetch_related("media", Prefetch("tool_calls", queryset=ToolCall.objects.order_by("round", "position")))
         .annotate(
             cost=Coalesce(
                 Subquery(ledger.annotate(n=Sum("cost_usd")).values("n"), output_field=MONEY),

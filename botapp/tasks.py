@@ -21,14 +21,13 @@ from django.utils import timezone
 from telegram.error import TelegramError
 
 from botapp import llm
-from botapp.conversations import DEFAULT_SYSTEM_PROMPT, IN_CONTEXT, context_budget
+from botapp.context import IN_CONTEXT, context_budget, context_head, persona_of
 from botapp.documents.services import documents_expire
 from botapp.models import (
     Bot,
     Conversation,
     MediaFile,
     Message,
-    Persona,
     ProcessedUpdate,
     Role,
     UsageKind,
@@ -168,23 +167,9 @@ def _row_cost(row: Message) -> int:
     return row.token_count + llm.TOKENS_PER_MESSAGE
 
 
-def _head(conversation: Conversation, persona: Persona | None) -> list[dict[str, str]]:
-    # The same head as the funnel's context_build: the system prompt, then the summary.
-    head = [{"role": "system", "content": persona.system_prompt if persona else DEFAULT_SYSTEM_PROMPT}]
-    if conversation.summary:
-        head.append({"role": "system", "content": "Summary of the earlier conversation:\n" + conversation.summary})
-    return head
-
-
-def _persona_of(conversation: Conversation) -> Persona | None:
-    if conversation.persona_id is None:
-        return Persona.objects.filter(name="Jarvis").first()
-    return conversation.persona
-
-
 def history_fit(conversation: Conversation) -> HistoryFit:
     """The messages the funnel would consider (after the summary) and whether they still fit the budget."""
-    persona = _persona_of(conversation)
+    persona = persona_of(conversation)
     model = conversation.effective_model
     budget = context_budget(model=model, max_output_tokens=persona.max_output_tokens if persona else 1024)
     rows = list(
@@ -197,7 +182,7 @@ def history_fit(conversation: Conversation) -> HistoryFit:
         .only("id", "role", "content", "attachments", "token_count")
         .order_by("id")
     )
-    head_tokens = llm.count_message_tokens(_head(conversation, persona), model=model)
+    head_tokens = llm.count_message_tokens(context_head(conversation, persona), model=model)
     return HistoryFit(budget=budget, head_tokens=head_tokens, rows=rows)
 
 

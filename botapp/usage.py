@@ -120,11 +120,13 @@ def usage_record_create(
     estimated: bool = False,
     at: datetime | None = None,
     price: ModelPrice | object | None = _LOOK_UP,
+    round: int = 1,
 ) -> UsageRecord:
     """Append one ledger row, priced at the price in force at `at` (now by default).
 
     A caller that looked the price up when the call began passes it: the call is charged at that price.
     Pictures billed one by one (`images`) are priced by `image_size` and `image_quality`.
+    `round` numbers the model calls of one answer (each tool round calls the model again).
     """
     at = at or timezone.now()
     if price is _LOOK_UP:
@@ -137,6 +139,7 @@ def usage_record_create(
         conversation=conversation,
         message=message,
         bot=bot,
+        round=round,
         input_tokens=input_tokens,
         cached_input_tokens=cached_input_tokens,
         output_tokens=output_tokens,

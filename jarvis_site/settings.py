@@ -183,6 +183,19 @@ DEFAULT_MONTHLY_BUDGET_USD = env.str("DEFAULT_MONTHLY_BUDGET_USD", default="") o
 # Key for encrypting bot tokens at rest; derived from DJANGO_SECRET_KEY when unset.
 FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
 
+# --- Jarvis: tools ------------------------------------------------------------------------------
+
+# A SearXNG instance with the JSON format enabled, e.g. http://127.0.0.1:8888; empty: no web search.
+SEARXNG_URL = env.str("SEARXNG_URL", default="")
+# Let tools read private, loopback and link-local addresses (an intranet); off, such addresses are refused.
+TOOLS_ALLOW_PRIVATE_URLS = env.bool("TOOLS_ALLOW_PRIVATE_URLS", default=False)
+# Tool rounds one answer may take; after the last the model must answer in words. 0: no tools at all.
+TOOLS_MAX_ROUNDS = env.int("TOOLS_MAX_ROUNDS", default=5)
+# Seconds one tool call (a search, a page, an MCP call) may take.
+TOOLS_TIMEOUT = env.float("TOOLS_TIMEOUT", default=20.0)
+# MCP servers registered at set-up, comma-separated name=url (streamable HTTP endpoints).
+MCP_SERVERS = env.str("MCP_SERVERS", default="")
+
 # --- Jarvis: Telegram ---------------------------------------------------------------------------
 
 TELEGRAM_BOT_TOKEN = env.str("TELEGRAM_BOT_TOKEN", default="")

@@ -7,7 +7,8 @@ from asgiref.sync import SyncToAsync
 from django.db import connections
 
 from botapp.defaults import seed_defaults, seed_media_prices
-from botapp.models import ModelImagePrice, ModelPrice, Persona
+from botapp.models import ModelImagePrice, ModelPrice, Persona, Tool
+from botapp.tools.registry import builtin_tools_ensure
 from tests.factories import ConversationFactory, UserFactory
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -49,6 +50,7 @@ def _seeded_defaults(request: pytest.FixtureRequest) -> None:
     request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
     seed_defaults(ModelPrice, Persona)
     seed_media_prices(ModelPrice, ModelImagePrice)
+    builtin_tools_ensure(Tool)
 
 
 @pytest.fixture(autouse=True)

@@ -23,11 +23,12 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from botapp import fulltext, llm
+from botapp.context import context_budget, persona_of
 from botapp.documents import chunk as chunking
 from botapp.documents import extract
 from botapp.documents.context import DOCUMENT_SHARE
 from botapp.documents.models import BUSY_STATES, CHUNKS, Document, DocumentChunk, DocumentFile, DocumentState
-from botapp.models import Persona, UsageKind
+from botapp.models import UsageKind
 from botapp.usage import budget_refusal, usage_record_create
 
 logger = logging.getLogger(__name__)
@@ -308,10 +309,8 @@ def _embed(run: _Run) -> None:
 
 def whole_limit(document: Document) -> int:
     """The most tokens of documents that go to this conversation's model whole (the rest is retrieved)."""
-    from botapp.conversations import context_budget
-
     conversation = document.conversation
-    persona = conversation.persona or Persona.objects.filter(name="Jarvis").first()
+    persona = persona_of(conversation)
     budget = context_budget(
         model=conversation.effective_model, max_output_tokens=persona.max_output_tokens if persona else 1024
     )
@@ -336,8 +335,6 @@ def _summary_pieces(rows: list[tuple[str, int | None, int]], capacity: int) -> l
 
 def _summarise(run: _Run) -> None:
     """Fold the whole text into a summary, one request-sized piece at a time (as the history summary does)."""
-    from botapp.conversations import context_budget
-
     document = run.document
     if not llm.is_configured():
         return

@@ -26,7 +26,7 @@ def seed_embedding_prices(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('botapp', '0008_media'),
+        ('botapp', '0009_tools'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

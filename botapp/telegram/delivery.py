@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from telegram import Bot as TelegramBot
 from telegram import Message as TelegramMessage
@@ -254,6 +255,21 @@ async def send_voice_note(
     return await telegram_call(lambda: voice(plain, None), what="sendVoice")
 
 
+class ToolProgress(Protocol):
+    """What the status line needs of a tool event: whether the call starts or ends, and its label."""
+
+    state: str
+    label: str
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#+\-.!<>|~{}])")
+
+
+def status_line(label: str) -> str:
+    """A tool's status as an italic line of Markdown; the label (which quotes the model) is escaped."""
+    return "_⏳ " + _MARKDOWN_SPECIAL.sub(r"\\\1", label) + "_"
+
+
 @dataclass
 class _Shown:
     message_id: int
@@ -288,6 +304,8 @@ class AnswerStream:
         self.shown = [_Shown(message_id, None) for message_id in message_ids]
         self.on_new_message = on_new_message
         self.text = ""
+        # The status line of a tool that runs, shown under the answer so far until new words replace it.
+        self.status: str | None = None
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._io = asyncio.Lock()
@@ -310,7 +328,19 @@ class AnswerStream:
     async def on_delta(self, _delta: str, text: str) -> None:
         """The funnel's callback: remember the answer so far; the flusher shows it when the chat may be edited."""
         self.text = text
+        self.status = None
         self._changed.set()
+
+    async def on_tool(self, event: ToolProgress) -> None:
+        """The funnel's tool callback: a starting call's status line shows until the answer goes on."""
+        if event.state == "running":
+            self.status = status_line(event.label)
+            self._changed.set()
+
+    def _current(self) -> str:
+        if self.status is None:
+            return self.text
+        return f"{self.text.rstrip()}\n\n{self.status}" if self.text.strip() else self.status
 
     async def finish(self, text: str) -> list[int]:
         """Show the whole answer, every part, and return the ids of its messages."""
@@ -361,7 +391,7 @@ class AnswerStream:
                     return
             self._changed.clear()
             try:
-                await self._show(self.text)
+                await self._show(self._current())
             except NetworkError as exc:
                 # A preview edit that fails is not worth stopping the answer for; the final show retries.
                 logger.warning("Could not show the answer so far in chat %s: %s", self.chat_id, exc)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.utils import translation
@@ -67,6 +68,7 @@ from botapp.telegram.delivery import (
     telegram_call,
 )
 from botapp.telegram.formatting import render_parts
+from botapp.tools.drawing import answer_pictures, drew_pictures
 from botapp.usage import price_in_force
 
 logger = logging.getLogger(__name__)
@@ -236,17 +238,37 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
     )
     async with stream:
         try:
-            answer = await turn_answer(turn, on_delta=stream.on_delta)
+            answer = await turn_answer(turn, on_delta=stream.on_delta, on_tool=stream.on_tool)
         except ReplyError as error:
             partial = getattr(error, "partial", "")
             text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
             ids = await stream.finish(text)
         else:
             text = answer.text or _("(The model sent an empty answer. Try /retry.)")
-            cited = sources_line(answer.sources, answer.text)
-            ids = await stream.finish(f"{text}\n\n📎 {cited}" if cited else text)
+            cited = sources_line(answer.documents, answer.text)
+            text = f"{text}\n\n📎 {cited}" if cited else text
+            ids = await stream.finish(with_sources(text, answer.sources))
+            if drew_pictures(answer.tool_calls):
+                for picture in await sync_to_async(answer_pictures)(reply_id):
+                    sent = await _send_stored_picture(bot, picture, chat_id=chat_id, reply_to=reply_to)
+                    ids.append(sent.message_id)
     if ids != remembered:
         await database_retry(services.message_reply_ids_store, message_id=reply_id, telegram_ids=ids)
+
+
+def with_sources(text: str, sources: list[dict[str, str]]) -> str:
+    """The answer with the pages it used linked under it, those its text does not link already."""
+    missing = [source for source in sources if source["url"] not in text]
+    if not missing:
+        return text
+
+    def link(source: dict[str, str]) -> str:
+        title = (source.get("title") or urlsplit(source["url"]).hostname or source["url"])[:60]
+        title = title.replace("[", "(").replace("]", ")")
+        return f"[{title}]({source['url'].replace('(', '%28').replace(')', '%29')})"
+
+    links = " · ".join(link(source) for source in missing)
+    return f"{text}\n\n" + _("Sources: %(links)s") % {"links": links}
 
 
 async def _resume_stored(

@@ -3,8 +3,12 @@
 The stream (`application/x-ndjson`), one JSON object per line:
   {"type": "start", "message_id": <answer id>, "question_id": <question id>}
   {"type": "delta", "text": "..."}                        as the answer is written
+  {"type": "tool", "id": <tool call id>, "state": "running" | "done", "status": "running" | "ok" | "error" | ...,
+   "label": "Searching the web: …", "duration_ms": .., "error": "...", "sources": [{"url", "title"}]}
+                                                          when a tool call starts and ends
   {"type": "done", "message_id": ..., "html": "<sanitized>", "input_tokens": .., "output_tokens": ..,
-   "cost_usd": "0.000012", "meta": "..."}                 the stored answer, rendered on the server
+   "cost_usd": "0.000012", "meta": "...", "sources": [{"url", "title"}]}
+                                                          the stored answer, rendered on the server
   {"type": "error", "message": "<sentence>", "html": "<partial answer, sanitized>"}
 A client that disconnects (the Stop button) cancels the stream; the funnel then stores the partial answer
 as incomplete and bills it.
@@ -53,7 +57,8 @@ from botapp.conversations import (
     turn_answer_stream,
     turn_draw,
 )
-from botapp.documents.context import sources_html, sources_of
+from botapp.documents.context import sources_html
+from botapp.documents.context import sources_of as document_sources_of
 from botapp.documents.models import Document
 from botapp.documents.progress import documents_of, progress_json
 from botapp.documents.services import Upload, upload_refusal
@@ -69,11 +74,19 @@ from botapp.models import (
     TelegramIdentity,
     UsageKind,
 )
+from botapp.tools.drawing import answer_pictures, drew_pictures
+from botapp.tools.records import sources_of, tool_call_steps
+from botapp.tools.runner import ToolEvent
 from botapp.usage import budget_periods
 from botapp.web.charts import bar_chart
 from botapp.web.forms import ConversationCreateForm, ConversationPersonaForm, ConversationRenameForm, LinkCodeForm
 from botapp.web.markdown import markdown_to_html
-from botapp.web.services import conversation_delete, conversation_persona_change, conversation_rename
+from botapp.web.services import (
+    conversation_delete,
+    conversation_persona_change,
+    conversation_rename,
+    profile_time_zone_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +178,18 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = _own_conversation(request, pk)
     history = list(selectors.conversation_messages(conversation=conversation).prefetch_related("media__usage"))
     first_question = next((m.content for m in history if m.role == Role.USER and m.content), "")
-    sources = sources_of([m.pk for m in history if m.role == Role.ASSISTANT])
+    documents_sent = document_sources_of([m.pk for m in history if m.role == Role.ASSISTANT])
     files = {d.pk: d for d in documents_of([a["document_id"] for m in history for a in _documents_in(m)])}
     for message in history:
         message.files = [
             progress_json(files[a["document_id"]]) for a in _documents_in(message) if a["document_id"] in files
         ]
         if message.role == Role.ASSISTANT:
+            calls = list(message.tool_calls.all())
+            message.steps = tool_call_steps(calls)
+            message.sources = sources_of(calls, message.content)
             message.html = markdown_to_html(message.content) + sources_html(
-                sources.get(message.pk, []), message.content
+                documents_sent.get(message.pk, []), message.content
             )
             message.meta = answer_meta(
                 input_tokens=message.input_tokens, output_tokens=message.output_tokens, cost_usd=message.cost_usd
@@ -258,24 +274,45 @@ async def _answer_events(turn: Turn) -> AsyncIterator[bytes]:
     # aclosing: however this generator ends (cancelled, closed), the answer's own cleanup runs right away.
     async with aclosing(turn_answer_stream(turn)) as stream:
         async for item in stream:
-            if not isinstance(item, StreamEnd):
+            if isinstance(item, ToolEvent):
+                yield _tool_event(item)
+            elif not isinstance(item, StreamEnd):
                 yield _event("delta", text=item)
             elif item.reply is not None:
-                yield _done_event(item.reply)
+                pictures = []
+                if drew_pictures(item.reply.tool_calls):
+                    pictures = await sync_to_async(answer_pictures)(item.reply.message.pk)
+                yield _done_event(item.reply, pictures)
             else:
                 partial = getattr(item.error, "partial", "")
                 yield _event("error", message=str(item.error), html=str(markdown_to_html(partial)) if partial else "")
 
 
-def _done_event(reply: Reply) -> bytes:
-    cost = reply.usage.cost_usd if reply.usage is not None else None
+def _tool_event(event: ToolEvent) -> bytes:
+    return _event(
+        "tool",
+        id=event.record_id,
+        round=event.round,
+        state=event.state,
+        status=event.status,
+        label=event.label,
+        duration_ms=event.duration_ms,
+        error=event.error,
+        sources=[source.as_dict() for source in event.sources],
+    )
+
+
+def _done_event(reply: Reply, pictures: list[MediaFile]) -> bytes:
+    cost = reply.cost_usd
     tokens = {"input_tokens": reply.message.input_tokens, "output_tokens": reply.message.output_tokens}
     return _event(
         "done",
         message_id=reply.message.pk,
-        html=str(markdown_to_html(reply.text) + sources_html(reply.sources, reply.text)),
+        html=str(markdown_to_html(reply.text) + sources_html(reply.documents, reply.text)),
         cost_usd=str(cost) if cost is not None else None,
         meta=answer_meta(cost_usd=cost, **tokens),
+        sources=reply.sources,
+        pictures=[picture_payload(picture) for picture in pictures],
         **tokens,
     )
 
@@ -298,6 +335,11 @@ async def message_send(request: HttpRequest, pk: int) -> HttpResponse:
             {"type": "error", "message": _("This conversation happens in Telegram: continue it there.")}, status=409
         )
     text = request.POST.get("text", "")
+    time_zone = request.POST.get("tz", "")
+    if time_zone and time_zone != await request.session.aget("time_zone"):
+        # The browser's time zone: what "now" means for this person (the date and time tool). Checked once a session.
+        await sync_to_async(profile_time_zone_set)(user=user, time_zone=time_zone)
+        await request.session.aset("time_zone", time_zone)
     try:
         turn = await sync_to_async(turn_accept)(conversation=conversation, text=text, sender=user)
     except ReplyRefused as refusal:

@@ -98,7 +98,7 @@
     try {
       const response = await fetch(form.action, {
         method: "POST",
-        body: new URLSearchParams({ text: message }),
+        body: new URLSearchParams({ text: message, tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "" }),
         headers: { "X-CSRFToken": csrfToken, Accept: "application/x-ndjson" },
         credentials: "same-origin",
         signal: controller.signal,
@@ -133,6 +133,8 @@
           if (event.type === "start") {
             question.item.dataset.messageId = event.question_id;
             answer.item.dataset.messageId = event.message_id;
+          } else if (event.type === "tool" && window.JarvisTools) {
+            window.JarvisTools.step(answer, event);
           } else if (event.type === "delta") {
             written += event.text;
             answer.body.textContent = written;
@@ -141,6 +143,12 @@
             answer.body.classList.remove("streaming");
             answer.body.innerHTML = event.html;
             setStatus(answer, "complete");
+            if (window.JarvisTools) {
+              window.JarvisTools.sources(answer, event.sources, text.msgSources);
+            }
+            if (window.JarvisMedia && event.pictures && event.pictures.length) {
+              window.JarvisMedia.pictures(answer, event.pictures);
+            }
             note(answer, event.meta, "meta");
             finished = true;
           } else if (event.type === "error") {

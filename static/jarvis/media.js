@@ -270,4 +270,13 @@
     submitPicture(textarea.value);
   });
   form.querySelector("[data-role=edit-cancel]").addEventListener("click", stopEditing);
+
+  // Pictures the model drew with the picture tool, shown under the streamed answer (app.js calls this).
+  window.JarvisMedia = {
+    pictures: function (answer, pictures) {
+      pictures.forEach(function (picture) {
+        answer.item.appendChild(figureFor(picture));
+      });
+    },
+  };
 })();

@@ -1,5 +1,5 @@
-"""A fake OpenAI-compatible server on 127.0.0.1: chat completions (plain and streamed), transcription, pictures
-(generations and edits), speech, embeddings, faults.
+"""A fake OpenAI-compatible server on 127.0.0.1: chat completions (plain and streamed, tool calls), transcription,
+pictures (generations and edits), speech, embeddings, faults.
 
 It runs in its own thread and event loop, so synchronous tests, async tests and subprocesses (the bot run
 by `manage.py runbot`) can all talk to it over real HTTP. Tests script what the next requests get with
@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,12 @@ class Behaviour:
     picture_padding: int = 0
     # Speech: seconds of (silent) OGG/Opus audio sent back.
     speech_seconds: float = 1.0
+    # Function calls to stream instead of (or after) `text`: {"name": ..., "arguments": dict or str, "id": ...}.
+    # Streamed as OpenAI does: id and name first, the arguments in fragments of `args_chunk_chars`.
+    tool_calls: list[dict[str, Any]] | None = None
+    args_chunk_chars: int = 7
+    # Stream every call whole at index 0, telling them apart by id only (as Ollama does).
+    same_index: bool = False
 
 
 @dataclass
@@ -74,6 +81,12 @@ class Served:
     started: float = 0.0
     finished: float = 0.0
     form: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tool_names(self) -> list[str]:
+        """The functions the request offered."""
+        return [tool["function"]["name"] for tool in self.body.get("tools") or []]
 
 
 def default_text(body: dict[str, Any]) -> str:
@@ -132,10 +145,46 @@ def _quoted(values: tuple[str, ...]) -> str:
     return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
 
 
+def _tool_calls(behaviour: Behaviour) -> list[dict[str, Any]]:
+    """The behaviour's calls with ids and JSON text arguments."""
+    calls = []
+    for number, call in enumerate(behaviour.tool_calls or ()):
+        arguments = call.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        calls.append({"id": call.get("id") or f"call_fake{number}_{time.monotonic_ns()}", "name": call["name"],
+                      "arguments": arguments})  # fmt: skip
+    return calls
+
+
+def _tool_call_deltas(calls: list[dict[str, Any]], behaviour: Behaviour) -> list[dict[str, Any]]:
+    """The `delta` objects that stream `calls` the way OpenAI does (or, `same_index`, the way Ollama does)."""
+    deltas = []
+    for index, call in enumerate(calls):
+        if behaviour.same_index:
+            whole = {"name": call["name"], "arguments": call["arguments"]}
+            deltas.append({"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": whole}]})
+            continue
+        opening = {
+            "index": index,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": ""},
+        }
+        deltas.append({"tool_calls": [opening]})
+        size = behaviour.args_chunk_chars
+        for start in range(0, len(call["arguments"]), size):
+            fragment = call["arguments"][start : start + size]
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+    return deltas
+
+
 def prompt_tokens(body: dict[str, Any]) -> int:
     total = 3
     for message in body.get("messages", []):
         total += 3
+        for call in message.get("tool_calls") or ():
+            total += count(call["function"]["name"]) + count(call["function"]["arguments"]) + 3
         content = message.get("content")
         if isinstance(content, str):
             total += count(content)
@@ -158,6 +207,10 @@ class FakeOpenAI:
             "embeddings": deque(),
         }
         self.default = Behaviour()
+        # When the script is empty: a function of the request body that decides (benchmarks), if set.
+        self.responder: Callable[[dict[str, Any]], Behaviour] | None = None
+        # Like a local model without function calling: any request with `tools` gets HTTP 400.
+        self.rejects_tools = False
         self.served: list[Served] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -182,6 +235,8 @@ class FakeOpenAI:
             for queue in self._script.values():
                 queue.clear()
             self.default = Behaviour()
+            self.responder = None
+            self.rejects_tools = False
             self.served = []
             self.in_flight = 0
             self.max_in_flight = 0
@@ -203,9 +258,14 @@ class FakeOpenAI:
         with self._lock:
             return [s for s in self.served if s.path.endswith("/audio/speech")]
 
-    def _next(self, endpoint: str) -> Behaviour:
+    def _next(self, endpoint: str, body: dict[str, Any] | None = None) -> Behaviour:
         with self._lock:
-            return self._script[endpoint].popleft() if self._script[endpoint] else self.default
+            if self._script[endpoint]:
+                return self._script[endpoint].popleft()
+            responder = self.responder
+        if responder is not None and body is not None:
+            return responder(body)
+        return self.default
 
     def _record(self, served: Served) -> None:
         with self._lock:
@@ -241,7 +301,13 @@ class FakeOpenAI:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        behaviour = self._next("chat")
+        if self.rejects_tools and body.get("tools"):
+            refusal = Behaviour(
+                status=400, error_message=f"registry.ollama.ai/library/{body.get('model')} does not support tools"
+            )
+            self._record(Served(path=request.path, body=body, status=400, started=time.monotonic()))
+            return self._error(refusal)
+        behaviour = self._next("chat", body)
         served = Served(path=request.path, body=body, status=behaviour.status, started=time.monotonic())
         generation = self._enter()
         try:
@@ -250,10 +316,13 @@ class FakeOpenAI:
             if behaviour.status != 200:
                 self._record(served)
                 return self._error(behaviour)
-            text = behaviour.text if behaviour.text is not None else default_text(body)
+            calls = _tool_calls(behaviour)
+            default = "" if calls else default_text(body)
+            text = behaviour.text if behaviour.text is not None else default
+            served.tool_calls = calls
             usage = behaviour.usage or {
                 "prompt_tokens": prompt_tokens(body),
-                "completion_tokens": count(text),
+                "completion_tokens": count(text) + sum(count(c["name"] + c["arguments"]) for c in calls),
             }
             usage = {
                 **usage,
@@ -311,7 +380,8 @@ class FakeOpenAI:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
         pieces = [text[i : i + behaviour.chunk_chars] for i in range(0, len(text), behaviour.chunk_chars)]
-        await response.write(chunk({"role": "assistant", "content": ""}))
+        calls = served.tool_calls
+        await response.write(chunk({"role": "assistant", "content": None if calls and not text else ""}))
         sent = ""
         try:
             for index, piece in enumerate(pieces):
@@ -326,7 +396,11 @@ class FakeOpenAI:
                     await asyncio.sleep(behaviour.chunk_delay)
                 await response.write(chunk({"content": piece}))
                 sent += piece
-            await response.write(chunk({}, finish="stop"))
+            for delta in _tool_call_deltas(calls, behaviour):
+                if behaviour.chunk_delay:
+                    await asyncio.sleep(behaviour.chunk_delay)
+                await response.write(chunk(delta))
+            await response.write(chunk({}, finish="tool_calls" if calls else "stop"))
             include = (body.get("stream_options") or {}).get("include_usage") and behaviour.include_usage
             if include:
                 await response.write(chunk(None, with_usage=True))

@@ -16,6 +16,7 @@ from django.db import DatabaseError, connection
 from botapp.bootstrap import admin_ensure, bots_configured, processes_to_run, settings_advice
 from botapp.schedules import schedules_ensure
 from botapp.telegram.services import bot_from_environment
+from botapp.tools.services import tools_setup
 
 
 def _database_label() -> str:
@@ -29,7 +30,8 @@ def _database_label() -> str:
 class Command(BaseCommand):
     help = (
         "Prepare Jarvis to run: migrate, collect static files, create the default bot from TELEGRAM_BOT_TOKEN, "
-        "an admin account when there is none, and the periodic schedules; then say what is missing."
+        "an admin account when there is none, the tools (SEARXNG_URL, MCP_SERVERS) and the periodic schedules; "
+        "then say what is missing."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -66,6 +68,11 @@ class Command(BaseCommand):
             # The stored token no longer decrypts: the key changed. Say so; the rest can still start.
             self.warn(f"The default bot was not updated from TELEGRAM_BOT_TOKEN: {exc}")
         self._admin_account()
+        tools = tools_setup()
+        for line in tools.done:
+            self.say(f"tools: {line}")
+        for problem in tools.problems:
+            self.warn(problem)
         names = [name for name, _created in schedules_ensure()]
         self.say(f"schedules ready: {', '.join(names)} (admin: Background tasks > Scheduled tasks)")
         if settings.REDIS_URL:
