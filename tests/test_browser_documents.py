@@ -81,7 +81,7 @@ def test_attach_a_pdf_ask_about_it_and_see_the_sources(page, asgi_server, fake_o
     page.press("#id_text", "Enter")
     answer = page.locator(".msg-assistant.status-complete")
     expect(answer).to_contain_text("Echo: Until when can I get a refund?", timeout=30_000)
-    expect(answer.locator(".sources")).to_have_text("Sources: [1] tickets.pdf")
+    expect(answer.locator(".document-sources")).to_have_text("Sources: [1] tickets.pdf")
     request = [s for s in fake_openai.chat_requests() if s.body.get("stream")][-1]
     assert any("48 hours before the show" in m["content"] for m in request.body["messages"])
     reply = Message.objects.filter(role=Role.ASSISTANT).latest("id")
@@ -89,7 +89,7 @@ def test_attach_a_pdf_ask_about_it_and_see_the_sources(page, asgi_server, fake_o
 
     page.reload()
     expect(page.locator(".document-chip.state-ready")).to_contain_text("tickets.pdf")
-    expect(page.locator(".msg-assistant .sources")).to_have_text("Sources: [1] tickets.pdf")
+    expect(page.locator(".msg-assistant .document-sources")).to_have_text("Sources: [1] tickets.pdf")
 
 
 def test_drop_files_on_the_page(page, asgi_server, fake_openai, worker):  # noqa: F811 - `page` is the imported fixture
@@ -118,7 +118,7 @@ def test_drop_files_on_the_page(page, asgi_server, fake_openai, worker):  # noqa
 
     page.fill("#id_text", "Where is the team dinner?")
     page.press("#id_text", "Enter")
-    expect(page.locator(".msg-assistant.status-complete .sources")).to_contain_text("notes.md", timeout=30_000)
+    expect(page.locator(".msg-assistant.status-complete .document-sources")).to_contain_text("notes.md", timeout=30_000)
 
 
 def test_a_file_jarvis_cannot_take_is_refused_in_the_page(page, asgi_server, fake_openai):  # noqa: F811 - `page` is the imported fixture

@@ -74,7 +74,7 @@ async def test_a_small_text_file_goes_whole_and_the_answer_cites_it(fake_openai,
     reply = await conversation_reply(conversation=conversation, text="Where does the new office open?")
     sent = documents_message(answer_request(fake_openai))
     assert "Rotterdam" in sent and "(the whole document)" in sent and "[1] notes.txt" in sent
-    assert [str(source) for source in reply.sources] == ["[1] notes.txt"]
+    assert [str(source) for source in reply.documents] == ["[1] notes.txt"]
     excerpt = await MessageExcerpt.objects.aget(message=reply.message)
     assert excerpt.whole and excerpt.file_name == "notes.txt"
 
@@ -95,7 +95,7 @@ async def test_a_300_page_pdf_is_searched_and_page_217_is_found(fake_openai, q_s
     assert "ZEBRA-4417" in sent and "p. 217" in sent
     # The summary and a handful of excerpts, not the file: 300 pages would be about 20 times this.
     assert sent.count("<document ") <= 11 and llm.count_tokens(sent, model="gpt-4o-mini") < 5000
-    assert any(source.where == "p. 217" for source in reply.sources)
+    assert any(source.where == "p. 217" for source in reply.documents)
 
 
 async def test_a_follow_up_three_turns_later_is_still_grounded(fake_openai, q_sync, settings):
@@ -129,7 +129,7 @@ async def test_a_chinese_document_is_found_by_a_chinese_question(fake_openai, q_
     reply = await conversation_reply(conversation=conversation, text="员工每年有几天带薪年假？")
     sent = documents_message(answer_request(fake_openai))
     assert "十五天带薪年假" in sent
-    assert any("第26章" in source.where for source in reply.sources)
+    assert any("第26章" in source.where for source in reply.documents)
 
 
 async def test_summarise_a_document_larger_than_the_context(fake_openai, q_sync, settings):
@@ -152,7 +152,7 @@ async def test_summarise_a_document_larger_than_the_context(fake_openai, q_sync,
     assert rows == len(summary_calls)
     reply = await conversation_reply(conversation=conversation, text="Summarise this document.")
     assert "SUMMARY-OF-ALL" in documents_message(answer_request(fake_openai))
-    assert any(source.where == "summary of the whole document" for source in reply.sources)
+    assert any(source.where == "summary of the whole document" for source in reply.documents)
 
 
 # --- Money ---------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ async def test_bad_files_fail_with_a_sentence(fake_openai, q_sync, name, make, w
     assert fake_openai.served == []
     # The conversation goes on: a failed file neither blocks nor pollutes the next answer.
     reply = await conversation_reply(conversation=conversation, text="Hello?")
-    assert reply.text == "Echo: Hello?" and reply.sources == []
+    assert reply.text == "Echo: Hello?" and reply.documents == []
 
 
 async def test_a_text_file_in_a_legacy_encoding_is_read(fake_openai, q_sync):

@@ -372,7 +372,7 @@ def sources_html(sources: list[Source], answer: str = "") -> SafeString:
     if not shown:
         return SafeString("")
     items = format_html_join("; ", '<span class="source">{}</span>', ((str(source),) for source in shown))
-    return format_html('<p class="sources">{} {}</p>', _("Sources:"), items)
+    return format_html('<p class="sources document-sources">{} {}</p>', _("Sources:"), items)
 
 
 def sources_of(message_ids: list[int]) -> dict[int, list[Source]]:
