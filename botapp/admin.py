@@ -6,8 +6,9 @@ from functools import cached_property
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth import get_permission_codename, get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -18,6 +19,8 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
+from django_q import admin as django_q_admin
+from django_q.models import Failure, Success
 
 from botapp import admin_views
 from botapp.broadcast import BroadcastError, broadcast_create
@@ -129,6 +132,10 @@ class TelegramIdentityInline(admin.StackedInline):
 
 admin.site.unregister(User)
 
+# What makes someone powerful: only a superuser may grant it, so staff who may change people cannot promote
+# themselves or anyone else.
+SUPERUSER_ONLY_FIELDS = ("is_superuser", "groups", "user_permissions")
+
 
 @admin.register(User)
 class JarvisUserAdmin(UserAdmin):
@@ -153,6 +160,48 @@ class JarvisUserAdmin(UserAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return users_with_month_totals(super().get_queryset(request))
 
+    def get_readonly_fields(self, request: HttpRequest, obj: User | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += [name for name in SUPERUSER_ONLY_FIELDS if name not in fields]
+        return fields
+
+    def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        # Another superuser's page (and password form) is read-only to staff who are not superusers.
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(self, objs: QuerySet | list, request: HttpRequest) -> tuple:
+        # "Delete selected" asks the model-wide permission only: a superuser among the selection needs more.
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if not request.user.is_superuser and any(getattr(user, "is_superuser", False) for user in objs):
+            perms_needed.add(_("superuser (only a superuser can delete one)"))
+        return deleted, counts, perms_needed, protected
+
+    def _changeable(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        """`queryset` less the superusers, unless the admin is one; says so when some are left out."""
+        if request.user.is_superuser:
+            return queryset
+        skipped = queryset.filter(is_superuser=True).count()
+        if skipped:
+            self.message_user(
+                request,
+                ngettext(
+                    "Only a superuser can block or unblock a superuser: %d superuser was left as they were.",
+                    "Only a superuser can block or unblock a superuser: %d superusers were left as they were.",
+                    skipped,
+                )
+                % skipped,
+                messages.WARNING,
+            )
+        return queryset.filter(is_superuser=False)
+
     @admin.display(description=_("Telegram"), ordering="telegram__username")
     def telegram_account(self, obj: User) -> str:
         identity = getattr(obj, "telegram", None)
@@ -175,15 +224,28 @@ class JarvisUserAdmin(UserAdmin):
     def month_cost(self, obj: User) -> str:
         return money(obj.month_cost)
 
-    @admin.action(description=_("Block the selected people (no answers, no spend)"))
+    @admin.action(description=_("Block the selected people (no answers, no spend)"), permissions=["change"])
     def block(self, request: HttpRequest, queryset: QuerySet) -> None:
-        changed = profiles_set_blocked(users=queryset, blocked=True)
+        changed = profiles_set_blocked(users=self._changeable(request, queryset), blocked=True)
         self.message_user(request, ngettext("%d person blocked.", "%d people blocked.", changed) % changed)
 
-    @admin.action(description=_("Unblock the selected people"))
+    @admin.action(description=_("Unblock the selected people"), permissions=["change"])
     def unblock(self, request: HttpRequest, queryset: QuerySet) -> None:
-        changed = profiles_set_blocked(users=queryset, blocked=False)
+        changed = profiles_set_blocked(users=self._changeable(request, queryset), blocked=False)
         self.message_user(request, ngettext("%d person unblocked.", "%d people unblocked.", changed) % changed)
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class JarvisGroupAdmin(GroupAdmin):
+    def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> list[str]:
+        # What a group grants is granted to its members: staff could otherwise promote their own group.
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser and "permissions" not in fields:
+            fields.append("permissions")
+        return fields
 
 
 @admin.register(TelegramIdentity)
@@ -192,6 +254,17 @@ class TelegramIdentityAdmin(LargeTableAdmin):
     list_select_related = ["user"]
     raw_id_fields = ["user"]
     search_fields = ["username", "=telegram_id"]
+
+    def has_change_permission(self, request: HttpRequest, obj: TelegramIdentity | None = None) -> bool:
+        # A superuser's Telegram account is part of them: only a superuser moves or edits it.
+        if obj is not None and obj.user.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: TelegramIdentity | None = None) -> bool:
+        if obj is not None and obj.user.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 # --- Bots ---------------------------------------------------------------------------------------
@@ -238,7 +311,13 @@ class BotAdmin(admin.ModelAdmin):
     readonly_fields = ["token_hint", "telegram_username"]
     actions = ["check_token", "send_broadcast"]
 
-    @admin.action(description=_("Check the token with Telegram (getMe)"))
+    def has_broadcast_permission(self, request: HttpRequest) -> bool:
+        """A broadcast is a new Broadcast row: whoever may add one may send one, to the bots they can see."""
+        opts = Broadcast._meta
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('add', opts)}")
+
+    # It stores the username Telegram reports, so it changes the bot.
+    @admin.action(description=_("Check the token with Telegram (getMe)"), permissions=["change"])
     def check_token(self, request: HttpRequest, queryset: QuerySet[Bot]) -> None:
         for bot in queryset:
             try:
@@ -253,7 +332,7 @@ class BotAdmin(admin.ModelAdmin):
                     messages.SUCCESS,
                 )
 
-    @admin.action(description=_("Send a broadcast to the bot's users"))
+    @admin.action(description=_("Send a broadcast to the bot's users"), permissions=["broadcast"])
     def send_broadcast(self, request: HttpRequest, queryset: QuerySet[Bot]) -> TemplateResponse | None:
         form = BroadcastForm(request.POST if "send" in request.POST else None)
         if form.is_bound and form.is_valid():
@@ -524,3 +603,27 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 # Tools, MCP servers and tool calls have their admin beside their code.
 from botapp.tools import admin as _tools_admin  # noqa: E402, F401
+
+# --- Background tasks (django-q2) ---------------------------------------------------------------
+
+# django-q2's "resubmit" runs the task's code again (and deletes a failure): not for staff who may only look.
+admin.site.unregister(Success)
+admin.site.unregister(Failure)
+
+
+@admin.register(Success)
+class SuccessfulTaskAdmin(django_q_admin.TaskAdmin):
+    actions = ["resubmit_task"]
+
+    @admin.action(description=django_q_admin.resubmit_task.short_description, permissions=["change"])
+    def resubmit_task(self, request: HttpRequest, queryset: QuerySet) -> None:
+        django_q_admin.resubmit_task(self, request, queryset)
+
+
+@admin.register(Failure)
+class FailedTaskAdmin(django_q_admin.FailAdmin):
+    actions = ["resubmit_task"]
+
+    @admin.action(description=django_q_admin.resubmit_task.short_description, permissions=["change", "delete"])
+    def resubmit_task(self, request: HttpRequest, queryset: QuerySet) -> None:
+        django_q_admin.resubmit_task(self, request, queryset)

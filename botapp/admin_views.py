@@ -180,11 +180,24 @@ class _Echo:
         return value
 
 
+# A text cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: times in ISO 8601, numbers as they are, text a spreadsheet would run quoted to stay text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_lines(start: datetime, end: datetime) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(LEDGER_CSV_COLUMNS)
     for row in usage_ledger_rows(start=start, end=end):
-        yield writer.writerow([value.isoformat() if isinstance(value, datetime) else value for value in row])
+        yield writer.writerow([_cell(value) for value in row])
 
 
 def usage_ledger_csv(request: HttpRequest, *, model_admin: admin.ModelAdmin) -> HttpResponse:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,19 @@ def connection_refresh() -> None:
         connection.close_if_unusable_or_obsolete()
     except UNAVAILABLE:
         connection.close()
+
+
+def connections_keep() -> None:
+    """For a long-running process (the bot): keep database connections open, checked before reuse.
+
+    With CONN_MAX_AGE=0, every `close_old_connections()` closes the connection, and django-q2 calls it twice
+    each time a job is queued (once per answer): two new PostgreSQL connections per message. Connections
+    that broke are replaced through the health check and `connection_refresh`.
+    """
+    for alias in connections:
+        connections.settings[alias]["CONN_MAX_AGE"] = None
+        connections.settings[alias]["CONN_HEALTH_CHECKS"] = True
+    connections.close_all()
 
 
 def database_ping() -> None:

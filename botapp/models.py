@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import PurePosixPath
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from botapp import crypto
+from botapp.redaction import stored_text_redact
 
 # Costs keep 12 decimal places: a token count times a 6-decimal price per million is exact.
 USD = {"max_digits": 24, "decimal_places": 12}
@@ -293,6 +295,21 @@ class MessageStatus(models.TextChoices):
     SUPERSEDED = "superseded", _("Replaced by a retry")
 
 
+class MessageQuerySet(models.QuerySet):
+    """Error texts are masked (tokens, keys) however a message is written: update and bulk_create too."""
+
+    def update(self, **kwargs: object) -> int:
+        if kwargs.get("error"):
+            kwargs["error"] = stored_text_redact(kwargs["error"])
+        return super().update(**kwargs)
+
+    def bulk_create(self, objs: Iterable[Message], *args: object, **kwargs: object) -> list[Message]:
+        objs = list(objs)
+        for obj in objs:
+            obj.error = stored_text_redact(obj.error)
+        return super().bulk_create(objs, *args, **kwargs)
+
+
 class Message(models.Model):
     """A message in a conversation; an answer is created `pending` when its question arrives."""
 
@@ -328,6 +345,8 @@ class Message(models.Model):
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("time"), default=timezone.now)
 
+    objects = MessageQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("message")
         verbose_name_plural = _("messages")
@@ -340,6 +359,12 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "error" in update_fields:
+            self.error = stored_text_redact(self.error)
+        super().save(*args, **kwargs)
 
 
 class ModelPrice(models.Model):
@@ -440,9 +465,19 @@ class UsageRecordQuerySet(models.QuerySet):
     def update(self, **kwargs: object) -> int:
         raise TypeError("The usage ledger is append-only.")
 
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError("The usage ledger is append-only: usage records are never deleted.")
+
+    def _raw_delete(self, using: str) -> int:
+        raise TypeError("The usage ledger is append-only: usage records are never deleted.")
+
 
 class UsageRecord(models.Model):
-    """One row of the append-only ledger: a model call, its tokens, the prices used and its cost."""
+    """One row of the append-only ledger: a model call, its tokens, the prices used and its cost.
+
+    Rows never leave. Every relation is SET_NULL, so deleting a person, conversation, message, bot or price
+    (retention included) only unlinks the rows it touched; their tokens, prices and cost stay.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records"

@@ -1,6 +1,7 @@
 """Django settings for Jarvis: every value comes from the environment or `.env` (see `.env.example`)."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -36,6 +37,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "botapp",
 ]
 
@@ -49,6 +51,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "botapp.web.security.AdminContentSecurityPolicyMiddleware",
+    # Last, as django-axes requires: it turns a refused sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "jarvis_site.urls"
@@ -111,6 +116,33 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
+# django-axes first: it refuses a locked-out sign-in before any password is checked.
+AUTHENTICATION_BACKENDS = ["botapp.web.security.SignInThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
+
+# --- Sign-in throttling (django-axes), on the site's and the admin's login page -----------------
+
+# After this many failed sign-ins for one username from one address, that pair is locked out for a while;
+# the attempts are listed in the admin (Axes > Access attempts), where deleting a row unlocks it.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "botapp.web.security.login_locked_out"
+# The address is REMOTE_ADDR only (no django-ipware): uvicorn sets it from X-Forwarded-For when the request
+# comes from a proxy in FORWARDED_ALLOW_IPS, and a header read here could be forged by anyone.
+
+# --- HTTPS (behind a TLS-terminating proxy) -----------------------------------------------------
+
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+# The header in which the proxy says the original request was https, e.g. X-Forwarded-Proto. Set it only
+# when a proxy always sets (or strips) that header: otherwise a client could claim https itself.
+forwarded_proto_header = env.str("DJANGO_SECURE_PROXY_SSL_HEADER", default="")
+if forwarded_proto_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + forwarded_proto_header.upper().replace("-", "_"), "https")
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
@@ -242,5 +274,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
+        # django-axes announces itself at every start of every command; its lockout warnings stay.
+        "axes.apps": {"level": "WARNING"},
     },
 }

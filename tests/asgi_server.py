@@ -7,13 +7,12 @@ static files collected and served by whitenoise, pointed at the test database an
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from django.db import connection
@@ -39,7 +38,11 @@ def free_port() -> int:
 class AsgiServer:
     """`uvicorn jarvis_site.asgi:application` on a free port; use as a context manager."""
 
-    def __init__(self, *, openai_base_url: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, openai_base_url: str, extra_env: dict[str, str] | None = None, ready_status: int = 200
+    ) -> None:
+        # What the login page answers once the app serves: 301 when it redirects plain http to https.
+        self.ready_status = ready_status
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -81,12 +84,15 @@ class AsgiServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"uvicorn exited with code {self.process.returncode} before serving.")
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             try:
-                with urllib.request.urlopen(f"{self.url}/accounts/login/", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                connection.request("GET", "/accounts/login/")
+                if connection.getresponse().status == self.ready_status:
+                    return
+            except (ConnectionError, TimeoutError, http.client.HTTPException):
                 time.sleep(0.2)
+            finally:
+                connection.close()
         raise RuntimeError("uvicorn did not start serving within 30 seconds.")
 
     def __exit__(self, *exc: object) -> None:

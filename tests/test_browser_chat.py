@@ -10,27 +10,18 @@ from pathlib import Path
 import pytest
 from django.db.models import Sum
 from django.utils import timezone
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from botapp.models import Channel, Message, MessageStatus, Profile, Role, UsageKind, UsageRecord, UsageStatus
 from botapp.usage import usage_record_create
 from botapp.web.views import format_usd
 from tests.asgi_server import AsgiServer
+from tests.browser_support import browser_fixture  # noqa: F401  (fixture)
 from tests.factories import ConversationFactory, UserFactory
 from tests.fakes.openai_server import Behaviour
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "correct horse battery staple"
 
 
@@ -38,24 +29,6 @@ PASSWORD = "correct horse battery staple"
 def asgi_server(django_db_setup, openai_server) -> Iterator[AsgiServer]:
     with AsgiServer(openai_base_url=openai_server.base_url) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Playwright's sync API keeps an event loop on this thread, so Django would take the tests' plain ORM
-    # calls for async code. They are not; the app under test runs in its own process without this flag.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from playwright.sync_api import Page, expect
 
 from botapp.models import MediaFile, MediaKind, UsageKind, UsageRecord
 from tests.asgi_server import AsgiServer
+from tests.browser_support import browser_fixture  # noqa: F401 (fixture)
 from tests.factories import UserFactory
-from tests.test_browser_chat import browser, page, screenshot_path, sign_in  # noqa: F401 (fixtures)
+from tests.test_browser_chat import page, screenshot_path, sign_in  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,10 +7,11 @@ from playwright.sync_api import expect
 
 from botapp.models import ToolCall
 from tests.asgi_server import AsgiServer
+from tests.browser_support import browser_fixture  # noqa: F401 (fixture)
 from tests.factories import UserFactory
 from tests.fakes.openai_server import Behaviour
 from tests.fakes.tool_servers import ARTICLE_TITLE
-from tests.test_browser_chat import browser, page, screenshot_path, sign_in  # noqa: F401 (fixtures)
+from tests.test_browser_chat import page, screenshot_path, sign_in  # noqa: F401 (fixtures)
 from tests.tools_helpers import BUILTINS, persona_with_tools
 
 pytest_plugins = ["tests.tools_support"]

@@ -49,7 +49,9 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, process: subp
     raise AssertionError("the worker did not finish the job in time")
 
 
-def start_cluster(*, openai: FakeOpenAI, redis_url: str = "") -> subprocess.Popen:
+def start_cluster(
+    *, openai: FakeOpenAI, redis_url: str = "", extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
@@ -57,6 +59,7 @@ def start_cluster(*, openai: FakeOpenAI, redis_url: str = "") -> subprocess.Pope
         "Q_WORKERS": "1",
         "OPENAI_API_KEY": "sk-test-key-000000000000",
         "OPENAI_BASE_URL": openai.base_url,
+        **(extra_env or {}),
     }
     return subprocess.Popen(
         [sys.executable, "manage.py", "qcluster"],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from botapp.models import AccessPolicy, Bot, Message, MessageStatus, ProcessedUpdate, Role
 from botapp.telegram.services import bot_from_environment
@@ -179,3 +180,33 @@ def test_message_is_answered_exactly_once_after_a_crash(
     [reply] = Message.objects.filter(role=Role.ASSISTANT)
     assert reply.telegram_reply_ids == [answers[0].message_id]
     assert "waiting when Jarvis stopped" in second.output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runbot_opens_no_database_connection_per_message(tmp_path, telegram: FakeTelegram, fake_openai, processes):
+    """Answering keeps its connections (django-q2 closed them twice per answer): sessions do not grow per message."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL counts the sessions a process opens; SQLite has no connections to count")
+
+    def sessions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    bot = BotProcess(tmp_path, subprocess_env(telegram=telegram, openai=fake_openai))
+    processes.append(bot)
+    bot.wait_for_log("Jarvis is running")
+    telegram.push_text(TOKEN, 990, "warm up")
+    wait_until(lambda: telegram.messages(TOKEN, 990), what="the first answer")
+    wait_until(lambda: not Message.objects.filter(status=MessageStatus.PENDING).exists(), what="the answer stored")
+    before = sessions()
+    for number in range(10):
+        telegram.push_text(TOKEN, 991 + number, f"message {number}")
+    wait_until(
+        lambda: all(telegram.messages(TOKEN, 991 + number) for number in range(10)), timeout=60, what="ten answers"
+    )
+    wait_until(lambda: not Message.objects.filter(status=MessageStatus.PENDING).exists(), what="the answers stored")
+    # Ten messages used to open twenty. A few may still show up: PostgreSQL counts a session when the backend
+    # next reports its statistics, which for connections opened at start-up can be after `before` was read.
+    assert sessions() - before <= 5
+    assert bot.stop() == 0

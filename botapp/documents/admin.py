@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.defaultfilters import filesizeformat
@@ -154,7 +155,10 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         for sentence in refused:
             self.message_user(request, sentence, messages.ERROR)
 
-    @admin.action(description=_("Re-index every file of the selected knowledge bases"))
+    def has_reindex_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("botapp.change_document")
+
+    @admin.action(description=_("Re-index every file of the selected knowledge bases"), permissions=["reindex"])
     def reindex_all(self, request: HttpRequest, queryset: QuerySet[KnowledgeBase]) -> None:
         count = documents_reindex(documents=Document.objects.filter(knowledge_base__in=queryset))
         self.message_user(request, _("%(count)d file(s) queued for indexing.") % {"count": count})
@@ -212,7 +216,11 @@ class DocumentAdmin(admin.ModelAdmin):
     def progress(self, obj: Document) -> str:
         return progress_cell(obj)
 
-    @admin.action(description=_("Re-index the selected files"))
+    def has_reindex_permission(self, request: HttpRequest) -> bool:
+        # The list is read-only (files change only by indexing), but re-indexing takes the right to change.
+        return request.user.has_perm("botapp.change_document")
+
+    @admin.action(description=_("Re-index the selected files"), permissions=["reindex"])
     def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         count = documents_reindex(documents=queryset)
         self.message_user(request, _("%(count)d file(s) queued for indexing.") % {"count": count})
@@ -223,6 +231,8 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def progress_view(self, request: HttpRequest) -> HttpResponse:
         """The state of the files `?ids=1,2,3`, for the progress cells to follow."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         ids = [int(part) for part in request.GET.get("ids", "").split(",") if part.strip().isdigit()][:200]
         documents = Document.objects.filter(pk__in=ids).defer("summary")
         return JsonResponse({str(document.pk): progress_json(document) for document in documents})

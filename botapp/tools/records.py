@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 
 from botapp import llm
 from botapp.models import ToolCall, ToolCallStatus
+from botapp.redaction import stored_text_redact
 from botapp.tools.registry import Source
 from botapp.tools.runner import Outcome, Toolbox
 
@@ -56,7 +57,7 @@ def tool_calls_close(rows: Sequence[ToolCall], outcomes: Sequence[Outcome], *, m
         row.status = outcome.status
         row.result = outcome.content
         row.result_chars = outcome.result_chars or len(outcome.content)
-        row.error = outcome.error
+        row.error = stored_text_redact(outcome.error)
         row.sources = [source.as_dict() for source in outcome.sources]
         if outcome.read:
             row.sources = [{**source, "read": True} for source in row.sources]

@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from botapp.models import McpServer, ModelToolSupport, Persona, Tool, ToolKind
+from botapp.redaction import stored_text_redact
 from botapp.tools import limits
 from botapp.tools.builtins import READ_WEB_PAGE, WEB_SEARCH
 from botapp.tools.mcp_client import ServerAddress, mcp_tools_list
@@ -27,7 +28,8 @@ DEFAULT_PERSONA_NAME = "Jarvis"
 
 def model_tools_unsupported_note(*, model: str, error: str) -> None:
     """Remember that `model` refuses tools: its next answers are asked without them (the admin can undo it)."""
-    ModelToolSupport.objects.update_or_create(model=model, defaults={"error": error[:2000], "noted_at": timezone.now()})
+    error = stored_text_redact(error)[:2000]
+    ModelToolSupport.objects.update_or_create(model=model, defaults={"error": error, "noted_at": timezone.now()})
 
 
 def mcp_server_address(server: McpServer) -> ServerAddress:
@@ -44,7 +46,7 @@ def mcp_server_refresh(server: McpServer) -> list[Tool]:
     try:
         remote = async_to_sync(mcp_tools_list)(mcp_server_address(server), timeout=limits.timeout())
     except (ToolError, ValueError) as exc:
-        server.list_error = str(exc)
+        server.list_error = stored_text_redact(str(exc))
         server.save(update_fields=["list_error"])
         raise ToolError(str(exc)) from exc
     created: list[Tool] = []

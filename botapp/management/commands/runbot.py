@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from botapp.database import connections_keep
 from botapp.models import Bot
 from botapp.telegram.runner import BotsNotStarted, bots_run
 from botapp.telegram.services import bot_from_environment
@@ -49,6 +50,7 @@ class Command(BaseCommand):
             for entry in registered:
                 self.stdout.write(f"Bot {entry.bot.name}: Telegram now sends its updates to {entry.url}")
             return
+        connections_keep()
         try:
             asyncio.run(bots_run(bots))
         except BotsNotStarted as exc:
