@@ -16,9 +16,10 @@ from playwright.sync_api import Page, expect
 from botapp.documents.models import Document, DocumentState, MessageExcerpt
 from botapp.models import Message, Role
 from tests.asgi_server import ROOT, AsgiServer, database_url_for_tests
+from tests.browser_support import browser_fixture  # noqa: F401 - a fixture
 from tests.documents_support import make_encrypted_pdf, make_pdf
 from tests.factories import UserFactory
-from tests.test_browser_chat import browser, page, sign_in  # noqa: F401 - fixtures
+from tests.test_browser_chat import page, sign_in  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
