@@ -444,7 +444,8 @@ def messages_retention() -> str:
     )
     return (
         f"Retention ({days} days): {messages} message(s) and {conversations} conversation(s) {verb}, "
-        f"{updates} stored Telegram update(s), {files} generated file(s) and {documents} document(s) deleted."
+        f"{updates} stored Telegram update(s) and {files} generated file(s) deleted; {documents} document(s) sent in "
+        "chats deleted."
     )
 
 

@@ -439,6 +439,6 @@ def test_retention_removes_old_chat_files_and_keeps_knowledge_bases(fake_openai,
     document_ingest(added[0].pk)
     Document.objects.update(created_at=timezone.now() - timedelta(days=40))
     result = tasks.messages_retention()
-    assert "1 document(s) deleted" in result
+    assert "1 document(s) sent in chats deleted" in result
     assert list(Document.objects.values_list("file_name", flat=True)) == ["r.txt"]
     assert fulltext.search(CHUNKS, "diary secret") == [] and fulltext.search(CHUNKS, "rule")
