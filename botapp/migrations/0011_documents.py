@@ -26,7 +26,7 @@ def seed_embedding_prices(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('botapp', '0009_tools'),
+        ('botapp', '0010_mask_stored_secrets'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
