@@ -28,6 +28,7 @@ from django_q.models import Failure, Success
 from botapp import admin_views
 from botapp.accounts import INVITATION_LIFETIME, invitation_issue, invitation_state
 from botapp.broadcast import BroadcastError, broadcast_create
+from botapp.documents.admin import transcript_documents
 from botapp.models import (
     Bot,
     BotUser,
@@ -599,6 +600,7 @@ class ConversationAdmin(LargeTableAdmin):
             for message in transcript:
                 if message.role == Role.ASSISTANT:
                     message.html = markdown_to_html(message.content)
+            transcript_documents(transcript)
             extra_context.update(
                 transcript=transcript,
                 transcript_truncated=len(transcript) < conversation.message_count,

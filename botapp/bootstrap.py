@@ -78,6 +78,12 @@ def settings_advice() -> list[str]:
             f"({site_url()}), which a phone cannot open. Put the address people reach the web page at in .env, "
             "for example SITE_URL=https://jarvis.example.com."
         )
+    if not settings.OPENAI_EMBEDDING_MODEL:
+        advice.append(
+            "OPENAI_EMBEDDING_MODEL is empty: documents and knowledge bases are searched by their words only "
+            "(full-text), without embeddings. Set it (e.g. text-embedding-3-small) if your provider has an "
+            "embeddings model, then re-index the files in the admin."
+        )
     if not settings.ADMIN_TELEGRAM_IDS:
         advice.append(
             "ADMIN_TELEGRAM_IDS is empty: nobody gets the daily spend report. Put the admins' Telegram user ids "

@@ -7,7 +7,7 @@ works; a call-heavy answer that no longer fits whole is sent as its text alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -16,6 +16,7 @@ from django.db.models import Max, Sum
 from django.utils.translation import gettext as _
 
 from botapp import llm
+from botapp.documents import context as documents_context
 from botapp.models import (
     Conversation,
     Message,
@@ -48,6 +49,15 @@ IN_CONTEXT = (MessageStatus.COMPLETE, MessageStatus.INCOMPLETE)
 
 class MessageTooLong(Exception):
     """The question alone does not fit the model's window; `str(error)` says so to the person."""
+
+
+class DocumentsNotReady(Exception):
+    """A file the question needs is still being read (or could not be); `str(error)` says so to the person."""
+
+
+def images_of(attachments: Any) -> list[dict[str, Any]]:
+    """The pictures among a message's attachments (the others are documents, sent through their own message)."""
+    return [attachment for attachment in attachments or () if attachment.get("url")]
 
 
 def persona_of(conversation: Conversation) -> Persona | None:
@@ -99,11 +109,20 @@ class _Row(NamedTuple):
 def _as_chat_message(message: _Row, *, with_images: bool) -> dict[str, Any]:
     if not message.attachments:
         return {"role": message.role, "content": message.content}
+    images = images_of(message.attachments)
+    content = message.content
+    files = [attachment["name"] for attachment in message.attachments if attachment.get("type") == "document"]
+    if files:
+        # The files themselves reach the model through the documents' context message.
+        note = _("[sent the document(s): %(names)s]") % {"names": ", ".join(files)}
+        content = f"{content}\n{note}".strip()
+    if not images:
+        return {"role": message.role, "content": content}
     if not with_images:
-        note = _("[%(count)d image(s) sent earlier]") % {"count": len(message.attachments)}
-        return {"role": message.role, "content": f"{message.content}\n{note}".strip()}
-    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-    for attachment in message.attachments:
+        note = _("[%(count)d image(s) sent earlier]") % {"count": len(images)}
+        return {"role": message.role, "content": f"{content}\n{note}".strip()}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+    for attachment in images:
         parts.append({"type": "image_url", "image_url": {"url": attachment["url"], "detail": "low"}})
     return {"role": message.role, "content": parts}
 
@@ -143,6 +162,8 @@ class Context:
     billed_input_tokens: int = 0
     billed_output_tokens: int = 0
     tool_tokens: int = 0
+    # The documents (or parts) sent with the question, to cite under the answer.
+    documents: list[documents_context.Source] = field(default_factory=list)
 
 
 def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool = False) -> Context:
@@ -163,6 +184,21 @@ def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool =
         price = price_in_force(model=model)
     budget = context_budget(model=model, max_output_tokens=max_output, price=price)
     used = llm.count_message_tokens(head, model=model)
+    # Documents get their share of what the question leaves; the history fills the rest.
+    spare = budget - used - turn.user_message.token_count - llm.TOKENS_PER_MESSAGE
+    documents = documents_context.context_for_question(
+        conversation=conversation,
+        persona=persona,
+        question=turn.user_message,
+        reply=turn.reply,
+        model=model,
+        budget=int(max(spare, 0) * documents_context.DOCUMENT_SHARE),
+    )
+    if documents is not None:
+        if documents.refusal:
+            raise DocumentsNotReady(documents.refusal)
+        head = head + documents.messages
+        used += documents.tokens
     rows = (
         Message.objects.filter(
             conversation_id=conversation.pk,
@@ -218,6 +254,7 @@ def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool =
         history_trimmed=history_trimmed,
         budget=budget,
         toolbox=toolbox,
+        documents=documents.sources if documents is not None else [],
     )
     if resumed:
         _resume(context, turn)

@@ -30,8 +30,18 @@ from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
 from botapp import llm, media
-from botapp.context import Context, MessageTooLong, context_build, persona_of, tool_results_fit
+from botapp.context import (
+    Context,
+    DocumentsNotReady,
+    MessageTooLong,
+    context_build,
+    images_of,
+    persona_of,
+    tool_results_fit,
+)
 from botapp.database import database_retry, is_unavailable
+from botapp.documents import context as documents_context
+from botapp.documents import services as documents_services
 from botapp.models import (
     Bot,
     Channel,
@@ -101,6 +111,8 @@ class Reply:
     text: str
     records: list[UsageRecord] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    # Documents the answer was sent, to cite under it.
+    documents: list[documents_context.Source] = field(default_factory=list)
 
     @property
     def cost_usd(self) -> Decimal | None:
@@ -151,7 +163,7 @@ def turn_accept(
         sender=sender or conversation.user,
         content=text,
         attachments=list(attachments),
-        token_count=_tokens_of_question(text, model=model) + llm.TOKENS_PER_IMAGE * len(attachments),
+        token_count=_tokens_of_question(text, model=model) + llm.TOKENS_PER_IMAGE * len(images_of(attachments)),
         telegram_message_id=telegram_message_id,
         created_at=now,
     )
@@ -163,6 +175,62 @@ def turn_accept(
         Message.objects.bulk_create([user_message, reply])
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     return Turn(conversation=conversation, user_message=user_message, reply=reply)
+
+
+@dataclass
+class DocumentsAccepted:
+    """A message that carried documents, the documents (queued for indexing), and the turn if it asked something."""
+
+    message: Message
+    documents: list[Any]
+    turn: Turn | None
+
+
+def documents_accept(
+    *,
+    conversation: Conversation,
+    uploads: Sequence[documents_services.Upload],
+    text: str = "",
+    sender: AbstractBaseUser | None = None,
+    telegram_message_id: int | None = None,
+) -> DocumentsAccepted:
+    """Store a message with its files, queued for indexing, in one transaction; with text, a pending answer too.
+
+    The text (a Telegram caption) is answered once the files are read; files alone wait for the next message.
+    """
+    sender = sender or conversation.user
+    model = conversation.effective_model
+    now = timezone.now()
+    text = storable_text(text or "")
+    message = Message(
+        conversation=conversation,
+        role=Role.USER,
+        sender=sender,
+        content=text,
+        token_count=_tokens_of_question(text, model=model),
+        telegram_message_id=telegram_message_id,
+        created_at=now,
+    )
+    reply = None
+    if text.strip():
+        reply = Message(
+            conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
+        )
+    try:
+        with transaction.atomic():
+            Message.objects.bulk_create([message] if reply is None else [message, reply])
+            documents = documents_services.conversation_documents_create(
+                conversation=conversation, message=message, uploads=uploads, uploaded_by=sender
+            )
+            message.attachments = [
+                {"type": "document", "document_id": document.pk, "name": document.file_name} for document in documents
+            ]
+            message.save(update_fields=["attachments"])
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    except documents_services.UploadRefused as refusal:
+        raise ReplyRefused(str(refusal)) from refusal
+    turn = Turn(conversation=conversation, user_message=message, reply=reply) if reply is not None else None
+    return DocumentsAccepted(message=message, documents=documents, turn=turn)
 
 
 def turn_retry(*, conversation: Conversation) -> Turn:
@@ -305,7 +373,7 @@ def _check_and_build(turn: Turn) -> Context:
         toolbox = toolbox_for(persona=persona_of(turn.conversation), model=turn.conversation.effective_model)
     try:
         context = context_build(turn, toolbox=toolbox, resumed=turn.resumed)
-    except MessageTooLong as exc:
+    except (MessageTooLong, DocumentsNotReady) as exc:
         raise ReplyRefused(str(exc)) from exc
     context.time_zone = person_time_zone(profile.time_zone)
     return context
@@ -318,8 +386,12 @@ def _check_turn(turn: Turn) -> tuple[Conversation, Profile]:
     """
     # A background job may have titled or summarised the conversation since the turn was read.
     has_tools = Exists(Tool.objects.filter(personas=OuterRef("persona_id"), enabled=True))
-    fresh = Conversation.objects.select_related("persona").annotate(has_tools=has_tools).get(pk=turn.conversation.pk)
-    for field_name in ("title", "summary", "summary_until_id", "model", "persona"):
+    fresh = (
+        Conversation.objects.select_related("persona")
+        .annotate(has_tools=has_tools, has_documents=documents_context.in_scope())
+        .get(pk=turn.conversation.pk)
+    )
+    for field_name in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
         setattr(turn.conversation, field_name, getattr(fresh, field_name))
     sender = turn.user_message.sender or turn.conversation.user
     if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:
@@ -545,7 +617,12 @@ class _Answering:
                 text=self.text, usage=usage, round_text=round_text, status=MessageStatus.COMPLETE
             )
             return Reply(
-                message=self.turn.reply, usage=record, text=self.text, records=self.records, tool_calls=self.tool_calls
+                message=self.turn.reply,
+                usage=record,
+                text=self.text,
+                records=self.records,
+                tool_calls=self.tool_calls,
+                documents=self.context.documents,
             )
 
     async def _model_call(self, *, tool_choice: str | None) -> tuple[str, tuple[llm.ToolCall, ...], llm.Usage | None]:

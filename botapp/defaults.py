@@ -23,6 +23,12 @@ TRANSCRIPTION_PRICES = [
     ("gpt-4o-transcribe", "0.006"),
     ("gpt-4o-mini-transcribe", "0.003"),
 ]
+EMBEDDING_PRICES = [
+    # model, input / 1M
+    ("text-embedding-3-small", "0.02"),
+    ("text-embedding-3-large", "0.13"),
+    ("text-embedding-ada-002", "0.10"),
+]
 # Image models billed by tokens: text input, image input, image output / 1M tokens.
 IMAGE_TOKEN_PRICES = [
     ("gpt-image-1", "5.00", "10.00", "40.00"),
@@ -70,6 +76,10 @@ def seed_defaults(model_price: Any, persona: Any) -> None:
     for model, per_minute in TRANSCRIPTION_PRICES:
         model_price.objects.get_or_create(
             model=model, valid_from=PRICES_VALID_FROM, defaults={"audio_per_minute": Decimal(per_minute)}
+        )
+    for model, input_price in EMBEDDING_PRICES:
+        model_price.objects.get_or_create(
+            model=model, valid_from=PRICES_VALID_FROM, defaults={"input_per_mtok": Decimal(input_price)}
         )
     persona.objects.get_or_create(
         name="Jarvis",

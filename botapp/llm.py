@@ -1,4 +1,4 @@
-"""The model provider: the only module that imports `openai` (chat, tool calls, transcription, pictures, speech)."""
+"""The model provider: the only module that imports `openai` (chat, tools, transcription, embeddings, media)."""
 
 from __future__ import annotations
 
@@ -450,6 +450,44 @@ async def transcribe(*, data: bytes, filename: str, model: str | None = None) ->
         audio_seconds=Decimal(str(duration)) if duration is not None else Decimal("0"),
         model=model,
     )
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per input, in order, and the provider's usage for the call."""
+
+    vectors: list[list[float]]
+    usage: Usage
+    # The provider reported no usage: the tokens were counted by Jarvis.
+    estimated: bool = False
+
+
+def embedding_dimensions_param(model: str, dimensions: int | None) -> int | None:
+    """The `dimensions` to ask for: only the text-embedding-3 models can shorten their vectors."""
+    return dimensions if dimensions and model.startswith("text-embedding-3") else None
+
+
+async def embed(*, texts: Sequence[str], model: str, dimensions: int | None = None) -> Embeddings:
+    """Embed `texts` in one call; `dimensions` shortens the vectors where the model supports it."""
+    client = get_client()
+    params: dict[str, Any] = {"model": model, "input": list(texts), "encoding_format": "float"}
+    wanted = embedding_dimensions_param(model, dimensions)
+    if wanted:
+        params["dimensions"] = wanted
+    try:
+        response = await client.embeddings.create(**params)
+    except Exception as exc:
+        raise _translate(exc, model=model) from exc
+    vectors = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
+    if len(vectors) != len(texts):
+        raise LLMBadRequest(_("The AI service returned a wrong number of embeddings. Please try again."))
+    raw = response.usage
+    reported = getattr(raw, "prompt_tokens", None) if raw is not None else None
+    estimated = reported is None
+    if estimated:
+        reported = sum(count_tokens(text, model=model) for text in texts)
+    usage = Usage(input_tokens=reported, output_tokens=0, model=response.model or model)
+    return Embeddings(vectors=vectors, usage=usage, estimated=estimated)
 
 
 # --- Pictures -----------------------------------------------------------------------------------

@@ -474,6 +474,7 @@ class UsageKind(models.TextChoices):
     TITLE = "title", _("Title")
     IMAGE = "image", _("Picture")
     SPEECH = "speech", _("Speech")
+    EMBEDDING = "embedding", _("Embedding")
 
 
 class UsageStatus(models.TextChoices):
@@ -970,3 +971,13 @@ class ModelToolSupport(models.Model):
 
     def __str__(self) -> str:
         return self.model
+
+
+# Documents and knowledge bases live in their own module; imported here so Django finds their models.
+from botapp.documents.models import (  # noqa: E402, F401
+    Document,
+    DocumentChunk,
+    DocumentFile,
+    KnowledgeBase,
+    MessageExcerpt,
+)

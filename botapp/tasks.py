@@ -22,6 +22,7 @@ from telegram.error import TelegramError
 
 from botapp import llm
 from botapp.context import IN_CONTEXT, context_budget, context_head, persona_of
+from botapp.documents.services import documents_expire
 from botapp.models import (
     Bot,
     Conversation,
@@ -187,8 +188,11 @@ def history_fit(conversation: Conversation) -> HistoryFit:
 
 def _line(row: Message) -> str:
     who = "Person" if row.role == Role.USER else "Jarvis"
-    images = f" [{len(row.attachments)} image(s)]" if row.attachments else ""
-    return f"{who}:{images} {row.content}"
+    count = sum(1 for attachment in row.attachments if attachment.get("url"))
+    images = f" [{count} image(s)]" if count else ""
+    files = [attachment["name"] for attachment in row.attachments if attachment.get("type") == "document"]
+    documents = f" [sent {', '.join(files)}]" if files else ""
+    return f"{who}:{images}{documents} {row.content}"
 
 
 def _next_chunk(rows: list[Message], *, capacity: int, model: str) -> tuple[str, int]:
@@ -397,6 +401,8 @@ def messages_retention() -> str:
     for batch in _in_batches(list(old_media.values_list("id", flat=True))):
         with transaction.atomic():
             files += MediaFile.objects.filter(id__in=batch).delete()[1].get("botapp.MediaFile", 0)
+    # Files people sent in chats go the same way, with their chunks and index (knowledge bases stay).
+    documents = documents_expire(before=cutoff)
     updates = 0
     for batch in _in_batches(list(ProcessedUpdate.objects.filter(created_at__lt=cutoff).values_list("id", flat=True))):
         with transaction.atomic():
@@ -437,5 +443,16 @@ def messages_retention() -> str:
     )
     return (
         f"Retention ({days} days): {messages} message(s) and {conversations} conversation(s) {verb}, "
-        f"{updates} stored Telegram update(s) and {files} generated file(s) deleted."
+        f"{updates} stored Telegram update(s) and {files} generated file(s) deleted; {documents} document(s) sent in "
+        "chats deleted."
     )
+
+
+# --- Documents ----------------------------------------------------------------------------------
+
+
+def document_ingest(document_id: int) -> str:
+    """Read, chunk, index and embed an uploaded file (queued by botapp.documents.services)."""
+    from botapp.documents.ingest import document_ingest as ingest
+
+    return ingest(document_id)

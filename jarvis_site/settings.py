@@ -171,6 +171,13 @@ OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
 # The longest a person waits for the first word before being told the provider is not answering.
 OPENAI_FIRST_TOKEN_DEADLINE = env.float("OPENAI_FIRST_TOKEN_DEADLINE", default=50.0)
 
+# --- Jarvis: documents and knowledge bases -----------------------------------------------------
+
+# Empty: documents are searched by words only (for providers without an embeddings endpoint).
+OPENAI_EMBEDDING_MODEL = env.str("OPENAI_EMBEDDING_MODEL", default="text-embedding-3-small")
+# Vector length asked of models that can shorten theirs (text-embedding-3-*); see README, Documents.
+OPENAI_EMBEDDING_DIMENSIONS = env.int("OPENAI_EMBEDDING_DIMENSIONS", default=512)
+MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)
 # --- Jarvis: pictures and speech ----------------------------------------------------------------
 
 OPENAI_IMAGE_MODEL = env.str("OPENAI_IMAGE_MODEL", default="gpt-image-1")

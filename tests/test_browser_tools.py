@@ -40,7 +40,7 @@ def test_tool_steps_stream_in_collapse_and_survive_a_reload(page, tools_asgi_ser
         Behaviour(text="Jarvis landed on the Moon on **Tuesday**.", delay=2.0, chunk_chars=4, chunk_delay=0.05),
     )
     sign_in(page, tools_asgi_server, "grace")
-    page.click(".new-conversation button[type=submit]")
+    # The home page opens on an empty message box: the first message (or file, or picture) starts the conversation.
     page.fill("#id_text", "What happened on the Moon?")
     page.press("#id_text", "Enter")
 
@@ -78,7 +78,7 @@ def test_a_failed_step_shows_its_sentence(page, tools_asgi_server, fake_openai, 
         Behaviour(text="I could not read that."),
     )
     sign_in(page, tools_asgi_server, "hopper")
-    page.click(".new-conversation button[type=submit]")
+    # The home page opens on an empty message box: the first message (or file, or picture) starts the conversation.
     page.fill("#id_text", "Read ftp://example.com/file")
     page.press("#id_text", "Enter")
     step = page.locator(".msg-assistant .tool-step.status-refused, .msg-assistant .tool-step.status-error")

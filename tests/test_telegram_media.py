@@ -95,13 +95,11 @@ async def test_photo_for_a_model_without_vision_gets_a_sentence(jarvis: Running)
     assert jarvis.telegram.calls("getFile") == []
 
 
-@pytest.mark.parametrize("kind", ["sticker", "document", "location"])
+@pytest.mark.parametrize("kind", ["sticker", "location"])
 async def test_other_messages_get_a_sentence_about_what_jarvis_handles(jarvis: Running, kind: str):
-    """Stickers, documents and locations get a sentence listing what Jarvis can handle, no model call."""
+    """Stickers and locations get a sentence listing what Jarvis can handle, no model call."""
     if kind == "sticker":
         jarvis.telegram.push_sticker(TOKEN, 708)
-    elif kind == "document":
-        jarvis.telegram.push_document(TOKEN, 708, b"hello")
     else:
         jarvis.telegram.push_location(TOKEN, 708, 48.85, 2.35)
     [answer] = await jarvis.answered(708)

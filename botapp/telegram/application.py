@@ -263,6 +263,7 @@ def build_application(bot: Bot, *, polling: bool = True) -> Application:
             MessageHandler(addressed & filters.TEXT, handlers.text_message),
             MessageHandler(addressed & (filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE), handlers.voice_message),
             MessageHandler(addressed & filters.PHOTO, handlers.photo_message),
+            MessageHandler(addressed & filters.Document.ALL, handlers.document_message),
             # Service messages (members joining, pins) are not something to answer.
             MessageHandler(addressed & ~filters.StatusUpdate.ALL, handlers.other_message),
         ]

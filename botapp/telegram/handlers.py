@@ -1,4 +1,4 @@
-"""Telegram update handlers: commands, chat through the funnel, voice, photos, pictures, groups and inline mode.
+"""Telegram update handlers: commands, the funnel's chat, voice, photos, pictures, documents, groups, inline mode.
 
 Every callback is wrapped by `jarvis_handler`, which records who wrote (the person and their membership of
 the bot), switches to their language, and refuses people the bot may not serve before anything is spent.
@@ -6,9 +6,11 @@ the bot), switches to their language, and refuses people the bot may not serve b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +45,7 @@ from botapp.conversations import (
     audio_transcribe,
     conversation_for_chat,
     conversation_start,
+    documents_accept,
     reply_speak,
     turn_answer,
     turn_draw,
@@ -50,6 +53,9 @@ from botapp.conversations import (
     turn_retry,
 )
 from botapp.database import database_retry, is_unavailable
+from botapp.documents.context import sources_line
+from botapp.documents.progress import documents_of, progress_label
+from botapp.documents.services import Upload, upload_refusal
 from botapp.linking import CODE_LIFETIME, SIGN_IN_LINK_LIFETIME, link_code_create, web_sign_in_link_create
 from botapp.models import Channel, Conversation, MediaFile, MediaKind, Message, MessageStatus, ModelPrice, Persona
 from botapp.selectors import models_offered, personas_offered
@@ -77,6 +83,10 @@ logger = logging.getLogger(__name__)
 TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
 PERSONA_CALLBACK_PREFIX = "persona:"
 MODEL_CALLBACK_PREFIX = "model:"
+# How long a chat waits for its documents to be read before it is told they are not ready yet.
+DOCUMENT_WAIT_SECONDS = 600.0
+DOCUMENT_POLL_SECONDS = 1.0
+DOCUMENT_EDIT_SECONDS = 3.0
 
 
 class JarvisContext(CallbackContext[ExtBot, dict, dict, dict]):
@@ -226,6 +236,7 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
             return
         remembered = list(message_ids)
 
+    await _documents_wait(bot, chat_id=chat_id, question=turn.user_message, reply_to=reply_to, keep=False)
     stream = AnswerStream(
         bot,
         chat_id=chat_id,
@@ -245,6 +256,8 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
             ids = await stream.finish(text)
         else:
             text = answer.text or _("(The model sent an empty answer. Try /retry.)")
+            cited = sources_line(answer.documents, answer.text)
+            text = f"{text}\n\n📎 {cited}" if cited else text
             ids = await stream.finish(with_sources(text, answer.sources))
             if drew_pictures(answer.tool_calls):
                 for picture in await sync_to_async(answer_pictures)(reply_id):
@@ -418,6 +431,110 @@ async def answer_message(
     )
 
 
+# --- Documents ----------------------------------------------------------------------------------
+
+
+def _document_ids(question: Message) -> list[int]:
+    return [a["document_id"] for a in question.attachments or () if a.get("type") == "document"]
+
+
+async def _documents_wait(
+    bot: ExtBot, *, chat_id: int, question: Message, reply_to: int | None, keep: bool
+) -> list[Any]:
+    """Wait until the question's files are read, showing their progress in a message edited as it moves.
+
+    With `keep` the message stays and ends with each file's outcome (files sent without a question);
+    otherwise it goes once the files are read, and the answer that follows says the rest.
+    """
+    ids = _document_ids(question)
+    if not ids:
+        return []
+    status: TelegramMessage | None = None
+    shown = ""
+    edited = 0.0
+    deadline = time.monotonic() + DOCUMENT_WAIT_SECONDS
+    while True:
+        documents = await sync_to_async(documents_of)(ids)
+        busy = any(document.busy for document in documents)
+        text = "\n".join(f"📄 {document.file_name}: {progress_label(document)}" for document in documents)
+        if not busy or time.monotonic() > deadline:
+            break
+        if text != shown and time.monotonic() - edited >= DOCUMENT_EDIT_SECONDS:
+            try:
+                if status is None:
+                    status = await send_sentence(bot, chat_id=chat_id, text=text, reply_to=reply_to)
+                else:
+                    await telegram_call(functools.partial(status.edit_text, text), what="editMessageText")
+                shown, edited = text, time.monotonic()
+            except TelegramError as exc:
+                logger.info("Could not show document progress in chat %s: %s", chat_id, exc)
+        await asyncio.sleep(DOCUMENT_POLL_SECONDS)
+    if keep:
+        if not busy and all(document.state == "ready" for document in documents):
+            text += "\n" + _("Ask me anything about it.")
+        try:
+            if status is None:
+                await send_sentence(bot, chat_id=chat_id, text=text, reply_to=reply_to)
+            elif text != shown:
+                await telegram_call(functools.partial(status.edit_text, text), what="editMessageText")
+        except TelegramError as exc:
+            logger.info("Could not show document progress in chat %s: %s", chat_id, exc)
+    elif status is not None:
+        try:
+            await telegram_call(status.delete, what="deleteMessage")
+        except TelegramError as exc:
+            logger.debug("Could not remove the progress message in chat %s: %s", chat_id, exc)
+    return documents
+
+
+@jarvis_handler
+async def document_message(update: Update, context: JarvisContext) -> None:
+    """Read a document into the conversation; its caption (or the next message) is answered with it."""
+    message = update.effective_message
+    chat = update.effective_chat
+    attached = message.document
+    file_name = attached.file_name or "document"
+    refusal = upload_refusal(
+        file_name=file_name, size=attached.file_size, mime_type=attached.mime_type or "", telegram=True
+    )
+    if refusal:
+        await reply(update, refusal)
+        return
+    caption = (message.caption or "").strip()
+    group = _is_group(chat.type)
+    if group:
+        caption = _without_mention(caption, context.bot.username or "")
+    conversation = await _conversation(update, context)
+    if await _resumed_if_stored(update, context, conversation):
+        return
+    try:
+        file = await telegram_call(attached.get_file, what="getFile")
+        data = bytes(await file.download_as_bytearray())
+    except TelegramError as exc:
+        logger.warning("Could not download a document in chat %s: %s", message.chat_id, exc)
+        sentence = _("Jarvis could not download “%(name)s” from Telegram. Please send it again.")
+        await reply(update, sentence % {"name": file_name})
+        return
+    try:
+        accepted = await sync_to_async(documents_accept)(
+            conversation=conversation,
+            uploads=[Upload(file_name=file_name, data=data, mime_type=attached.mime_type or "")],
+            text=caption,
+            sender=context.contact.user,
+            telegram_message_id=message.message_id,
+        )
+    except ReplyRefused as refusal:
+        await reply(update, str(refusal))
+        return
+    if accepted.turn is None:
+        await _documents_wait(
+            context.bot, chat_id=chat.id, question=accepted.message, reply_to=message.message_id, keep=True
+        )
+        return
+    reply_to = message.message_id if group else None
+    await deliver_turn(context.bot, accepted.turn, chat_id=chat.id, group=group, reply_to=reply_to)
+
+
 # --- Commands -----------------------------------------------------------------------------------
 
 
@@ -446,6 +563,10 @@ async def help_command(update: Update, context: JarvisContext) -> None:
         _(
             "Voice messages, audio and video notes are transcribed and answered; photos are answered when the "
             "persona's model can see images."
+        ),
+        _(
+            "Send a document (PDF, Word, text, Markdown, HTML, CSV or code) with a question as its caption, or "
+            "ask about it afterwards; answers cite the pages they come from."
         ),
         _("In a group, mention me or reply to one of my messages."),
         _("Inline mode: type @%(username)s and some text in any chat to shout it in capitals.")
@@ -919,12 +1040,12 @@ async def photo_message(update: Update, context: JarvisContext) -> None:
 
 @jarvis_handler
 async def other_message(update: Update, context: JarvisContext) -> None:
-    """Say what Jarvis can handle when it gets something else (a sticker, a document, a location, ...)."""
+    """Say what Jarvis can handle when it gets something else (a sticker, a location, ...)."""
     await reply(
         update,
         _(
-            "Jarvis cannot handle this kind of message. Send text, a voice message, an audio file, a video note "
-            "or a photo."
+            "Jarvis cannot handle this kind of message. Send text, a voice message, an audio file, a video note, "
+            "a photo or a document."
         ),
     )
 

@@ -17,7 +17,8 @@ class PersonaChoiceField(forms.ModelChoiceField):
 
 
 class ConversationCreateForm(forms.Form):
-    persona = PersonaChoiceField()
+    # Empty: the default persona (the site's).
+    persona = PersonaChoiceField(required=False)
 
 
 class ConversationPersonaForm(forms.Form):

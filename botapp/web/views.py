@@ -60,6 +60,7 @@ from botapp.conversations import (
     StreamEnd,
     Turn,
     conversation_start,
+    documents_accept,
     reply_speak,
     turn_accept,
     turn_answer_stream,
@@ -68,6 +69,11 @@ from botapp.conversations import (
     turn_retry,
     validate_text,
 )
+from botapp.documents.context import sources_html
+from botapp.documents.context import sources_of as document_sources_of
+from botapp.documents.models import Document
+from botapp.documents.progress import documents_of, progress_json
+from botapp.documents.services import Upload, upload_refusal
 from botapp.linking import LinkError, link_code_redeem
 from botapp.models import (
     Channel,
@@ -193,6 +199,7 @@ def _chat_context(request: HttpRequest, conversation: Conversation | None = None
         "current_persona": current,
         "model_options": _model_options(conversation),
         "max_chars": settings.MAX_MESSAGE_CHARS,
+        "max_document_bytes": settings.MAX_DOCUMENT_BYTES,
         "statuses": MessageStatus,
         **extra,
     }
@@ -216,12 +223,19 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     history = list(selectors.conversation_messages(conversation=conversation).prefetch_related("media__usage"))
     first_question = next((m.content for m in history if m.role == Role.USER and m.content), "")
     last_answer = next((m.pk for m in reversed(history) if m.role == Role.ASSISTANT), None)
+    documents_sent = document_sources_of([m.pk for m in history if m.role == Role.ASSISTANT])
+    files = {d.pk: d for d in documents_of([a["document_id"] for m in history for a in _documents_in(m)])}
     for message in history:
+        message.files = [
+            progress_json(files[a["document_id"]]) for a in _documents_in(message) if a["document_id"] in files
+        ]
         if message.role == Role.ASSISTANT:
             calls = list(message.tool_calls.all())
             message.steps = tool_call_steps(calls)
             message.sources = sources_of(calls, message.content)
-            message.html = markdown_to_html(message.content)
+            message.html = markdown_to_html(message.content) + sources_html(
+                documents_sent.get(message.pk, []), message.content
+            )
             message.meta = answer_meta(
                 input_tokens=message.input_tokens, output_tokens=message.output_tokens, cost_usd=message.cost_usd
             )
@@ -252,12 +266,26 @@ def conversation_title(request: HttpRequest, pk: int) -> JsonResponse:
 @login_required
 @require_POST
 def conversation_create(request: HttpRequest) -> HttpResponse:
-    """Start an empty web conversation with the chosen persona (the page without script)."""
+    """Start an empty web conversation: for the page's script when a document or picture comes first (JSON), or
+    the page without script (a redirect). The persona chosen, else the default; the model chosen, if offered."""
     form = ConversationCreateForm(request.POST)
     if not form.is_valid():
+        if _wants_json(request):
+            return _json_error(_("Choose one of the offered personas to start a conversation."))
         messages.error(request, _("Choose one of the offered personas to start a conversation."))
         return redirect("web:home")
-    conversation = conversation_start(user=request.user, channel=Channel.WEB, persona=form.cleaned_data["persona"])
+    with transaction.atomic():
+        conversation = conversation_start(user=request.user, channel=Channel.WEB, persona=form.cleaned_data["persona"])
+        model = request.POST.get("model", "")
+        if model:
+            try:
+                conversation_model_set(conversation=conversation, model=model)
+            except ChoiceError as exc:
+                transaction.set_rollback(True)
+                return _json_error(str(exc))
+    if _wants_json(request):
+        url = reverse("web:conversation", args=[conversation.pk])
+        return JsonResponse({"conversation": {"id": conversation.pk, "url": url, "title": display_title("", "")}})
     return redirect("web:conversation", pk=conversation.pk)
 
 
@@ -418,7 +446,7 @@ def _done_event(reply: Reply, pictures: list[MediaFile]) -> bytes:
     return _event(
         "done",
         message_id=reply.message.pk,
-        html=str(markdown_to_html(reply.text)),
+        html=str(markdown_to_html(reply.text) + sources_html(reply.documents, reply.text)),
         cost_usd=str(cost) if cost is not None else None,
         meta=answer_meta(cost_usd=cost, **tokens),
         sources=reply.sources,
@@ -465,6 +493,54 @@ def _conversation_writes(view: Callable[..., Any]) -> Callable[..., Any]:
             return JsonResponse({"type": "error", "message": str(refusal)}, status=status)
 
     return wrapped
+
+
+# --- Documents ----------------------------------------------------------------------------------
+
+
+def _documents_in(message: Any) -> list[dict[str, Any]]:
+    return [a for a in message.attachments or () if a.get("type") == "document"]
+
+
+@login_required
+@require_POST
+def document_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    """Attach a file to the conversation: stored, queued for indexing; its progress is at `status_url`."""
+    conversation = _own_conversation(request, pk)
+    if conversation.channel != Channel.WEB:
+        return JsonResponse({"message": _("This conversation happens in Telegram: send the file there.")}, status=409)
+    upload = request.FILES.get("file")
+    if upload is None:
+        return JsonResponse({"message": _("Choose a file to attach.")}, status=400)
+    refusal = upload_refusal(file_name=upload.name, size=upload.size, mime_type=upload.content_type or "")
+    if refusal:
+        return JsonResponse({"message": refusal}, status=400)
+    try:
+        accepted = documents_accept(
+            conversation=conversation,
+            uploads=[Upload(file_name=upload.name, data=upload.read(), mime_type=upload.content_type or "")],
+            sender=request.user,
+        )
+    except ReplyRefused as refusal:
+        return JsonResponse({"message": str(refusal)}, status=400)
+    document = accepted.documents[0]
+    return JsonResponse(
+        {
+            "message_id": accepted.message.pk,
+            "document": progress_json(document),
+            "status_url": reverse("web:document", args=[conversation.pk, document.pk]),
+        },
+        status=201,
+    )
+
+
+@login_required
+@require_GET
+def document_status(request: HttpRequest, pk: int, document_id: int) -> HttpResponse:
+    """How far a file of the conversation is (the page polls this while it is being read)."""
+    conversation = _own_conversation(request, pk)
+    document = get_object_or_404(Document.objects.defer("summary"), pk=document_id, conversation=conversation)
+    return JsonResponse(progress_json(document))
 
 
 # --- Pictures and speech ------------------------------------------------------------------------

@@ -649,6 +649,31 @@
     return { message: await errorFrom(response) };
   }
 
+  // A conversation for what the page adds besides a message (a document, a picture) before the first one:
+  // started with the persona and model chosen below the box; resolves to its address.
+  async function ensureConversation() {
+    if (conversationUrl) {
+      return conversationUrl;
+    }
+    const params = new URLSearchParams();
+    form.querySelectorAll(".options select").forEach(function (select) {
+      params.append(select.name, select.value);
+    });
+    const response = await fetch(text.startUrl, {
+      method: "POST",
+      body: params,
+      headers: { "X-CSRFToken": csrfToken, Accept: "application/json" },
+      credentials: "same-origin",
+    });
+    const data = await errorOrData(response);
+    if (!response.ok) {
+      throw new Error(data.message || text.msgFailed);
+    }
+    conversationStarted(data.conversation);
+    return conversationUrl;
+  }
+  window.JarvisConversation = { ensure: ensureConversation };
+
   setPaths();
   textarea.focus();
 })();

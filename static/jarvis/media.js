@@ -170,16 +170,14 @@
     return figure;
   }
 
-  // The conversation's address is known once its first message started it (app.js keeps it on the section).
-  function imageUrl() {
-    const url = document.getElementById("conversation").dataset.conversationUrl;
-    return url ? url + "image/" : "";
-  }
-
   async function draw(text) {
-    if (!imageUrl()) {
+    let imageUrl;
+    try {
+      // On a new page the conversation starts with its first picture.
+      imageUrl = (await window.JarvisConversation.ensure()) + "image/";
+    } catch (error) {
       textarea.value = text;
-      showAlert(form.dataset.msgDrawFirst);
+      showAlert(error.message);
       return;
     }
     const message = IMAGE_COMMAND.test(text) ? text : "/image " + text;
@@ -209,7 +207,7 @@
       button.disabled = true;
     });
     try {
-      const result = await post(imageUrl(), data);
+      const result = await post(imageUrl, data);
       const payload = result.payload || {};
       if (!payload.question_id) {
         // Refused before anything was stored: give the text back to fix.

@@ -1,5 +1,5 @@
 """A fake OpenAI-compatible server on 127.0.0.1: chat completions (plain and streamed, tool calls), transcription,
-pictures (generations and edits), speech, faults.
+pictures (generations and edits), speech, embeddings, faults.
 
 It runs in its own thread and event loop, so synchronous tests, async tests and subprocesses (the bot run
 by `manage.py runbot`) can all talk to it over real HTTP. Tests script what the next requests get with
@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import itertools
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections import deque
@@ -94,6 +98,24 @@ def default_text(body: dict[str, Any]) -> str:
                 return f"Echo: {content} (with image)"
             return f"Echo: {content}"
     return "Echo: (nothing)"
+
+
+_EMBEDDING_TERMS = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]|[^\W_]+")
+
+
+def fake_embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic embedding: hashed words (and CJK character bigrams), so shared words mean similar vectors."""
+    vector = [0.0] * dimensions
+    found = _EMBEDDING_TERMS.findall(text.lower())
+    terms = [t for t in found if len(t) > 1 or not t.isascii()]
+    cjk = [t for t in terms if len(t) == 1]
+    terms = [t for t in terms if len(t) > 1] + [a + b for a, b in itertools.pairwise(cjk)]
+    for term in terms:
+        digest = hashlib.blake2b(term.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dimensions
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
 
 
 # What the real API accepts, so that a persona asking for something else gets the real API's error.
@@ -182,6 +204,7 @@ class FakeOpenAI:
             "transcription": deque(),
             "images": deque(),
             "speech": deque(),
+            "embeddings": deque(),
         }
         self.default = Behaviour()
         # When the script is empty: a function of the request body that decides (benchmarks), if set.
@@ -222,6 +245,10 @@ class FakeOpenAI:
     def chat_requests(self) -> list[Served]:
         with self._lock:
             return [s for s in self.served if s.path.endswith("/chat/completions")]
+
+    def embedding_requests(self) -> list[Served]:
+        with self._lock:
+            return [s for s in self.served if s.path.endswith("/embeddings")]
 
     def image_requests(self) -> list[Served]:
         with self._lock:
@@ -411,6 +438,33 @@ class FakeOpenAI:
             {"task": "transcribe", "language": "english", "duration": behaviour.duration, "text": behaviour.transcript}
         )
 
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        behaviour = self._next("embeddings")
+        served = Served(path=request.path, body=body, status=behaviour.status, started=time.monotonic())
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        if behaviour.status != 200:
+            served.finished = time.monotonic()
+            self._record(served)
+            return self._error(behaviour)
+        inputs = body.get("input", [])
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        dimensions = int(body.get("dimensions") or 1536)
+        tokens = sum(count(text) for text in inputs)
+        usage = behaviour.usage or {"prompt_tokens": tokens, "total_tokens": tokens}
+        served.usage = usage
+        served.finished = time.monotonic()
+        self._record(served)
+        data = [
+            {"object": "embedding", "index": index, "embedding": fake_embedding(text, dimensions)}
+            for index, text in enumerate(inputs)
+        ]
+        payload: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model", "")}
+        if behaviour.include_usage:
+            payload["usage"] = usage
+        return web.json_response(payload)
+
     def _invalid(self, param: str, value: str, allowed: tuple[str, ...]) -> web.Response:
         message = f"Invalid value: '{value}'. Supported values are: {_quoted(allowed)}."
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}}
@@ -513,6 +567,7 @@ class FakeOpenAI:
         app = web.Application(client_max_size=50 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/images/generations", self._picture)
         app.router.add_post("/v1/images/edits", self._picture)
         app.router.add_post("/v1/audio/speech", self._speech)
