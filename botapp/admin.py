@@ -528,6 +528,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "offered",
         "valid_from",
     ]
+    list_editable = ["offered"]
+    list_filter = ["offered"]
     readonly_fields = ["picture_prices"]
     search_fields = ["model"]
     # A price change is best a new row from a new date: the ledger keeps the prices it used either way.
