@@ -106,6 +106,8 @@ def sign_in(page: Page, server: AsgiServer, username: str) -> None:
     page.fill("#id_password", PASSWORD)
     page.click("form[action='/accounts/login/'] button[type=submit]")
     expect(page.locator("#conversation")).to_be_visible()
+    # The page's scripts (deferred) have run: Enter sends, the buttons work. A busy machine can be slow to get there.
+    page.wait_for_load_state("load")
 
 
 def screenshot_path(tmp_path: Path, name: str) -> str:
