@@ -651,10 +651,21 @@
 
   // A conversation for what the page adds besides a message (a document, a picture) before the first one:
   // started with the persona and model chosen below the box; resolves to its address.
-  async function ensureConversation() {
+  // Several files dropped at once share one start: the first call's promise is kept until it settles.
+  let starting = null;
+  function ensureConversation() {
     if (conversationUrl) {
-      return conversationUrl;
+      return Promise.resolve(conversationUrl);
     }
+    if (!starting) {
+      starting = startConversation().finally(function () {
+        starting = null;
+      });
+    }
+    return starting;
+  }
+
+  async function startConversation() {
     const params = new URLSearchParams();
     form.querySelectorAll(".options select").forEach(function (select) {
       params.append(select.name, select.value);
