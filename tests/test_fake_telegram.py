@@ -20,7 +20,8 @@ import pytest_asyncio
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InlineQueryResultArticle, InputTextMessageContent
 from telegram.error import BadRequest, Conflict, InvalidToken, RetryAfter
 
-from tests.fakes.telegram_server import FakeTelegram, TelegramHTMLError, parse_telegram_html
+from botapp.telegram.delivery import send_text
+from tests.fakes.telegram_server import FakeTelegram, Pacing, TelegramHTMLError, parse_telegram_html
 
 TOKEN = "111111:fake-primary-token-aaaaaaaaaaaaaaaa"
 OTHER = "222222:fake-secondary-token-bbbbbbbbbbbbbb"
@@ -249,6 +250,50 @@ async def test_flood_control_emulation_counts_429s(fake: FakeTelegram, bot: Bot)
     await bot.edit_message_text("two", CHAT, sent.message_id)
     assert fake.too_many_requests_count == 1
     assert [call.status for call in fake.calls("editMessageText")] == [429, 200]
+
+
+@pytest.mark.asyncio
+async def test_pacing_answers_429_beyond_telegrams_limits(fake: FakeTelegram, bot: Bot) -> None:
+    """With pacing, a second send to a chat within its interval, or one beyond the bot's rate, gets 429 retry_after."""
+    fake.set_pacing(Pacing(per_second=3, chat_interval=60.0))
+    try:
+        await bot.send_message(CHAT, "first")
+        with pytest.raises(RetryAfter) as caught:
+            await bot.send_message(CHAT, "too soon in this chat")
+        assert seconds(caught.value.retry_after) >= 59
+        for offset in (1, 2):
+            await bot.send_message(CHAT + offset, "other chats are free")
+        with pytest.raises(RetryAfter) as caught:
+            await bot.send_message(CHAT + 3, "a fourth within the second")
+        assert seconds(caught.value.retry_after) == 1
+        refused = fake.calls("sendMessage")[-1]
+        assert refused.response["parameters"] == {"retry_after": 1}
+        assert refused.response["description"] == "Too Many Requests: retry after 1"
+        async with Bot(**fake.bot_kwargs(OTHER)) as other:  # each bot has its own allowance
+            assert (await other.send_message(CHAT, "another bot")).text == "another bot"
+    finally:
+        fake.set_pacing(None)
+    assert (await bot.send_message(CHAT, "unpaced")).text == "unpaced"
+    assert fake.too_many_requests_count == 2
+
+
+@pytest.mark.asyncio
+async def test_jarvis_delivery_waits_out_pacing_and_delivers_everything(fake: FakeTelegram, bot: Bot) -> None:
+    """A burst to more chats than the bot's rate allows is answered 429, waited out, and every message arrives."""
+    fake.set_pacing(Pacing(per_second=4, chat_interval=1.0))
+    chats = [CHAT + i for i in range(10)]
+    try:
+        await asyncio.gather(
+            *(send_text(bot, chat_id=chat, html=f"<b>to {chat}</b>", plain=f"to {chat}") for chat in chats),
+            *(send_text(bot, chat_id=CHAT, html=f"again {n}", plain=f"again {n}") for n in range(2)),
+        )
+    finally:
+        fake.set_pacing(None)
+    assert fake.too_many_requests_count > 0
+    for chat in chats[1:]:
+        assert [m.text for m in fake.messages(TOKEN, chat)] == [f"to {chat}"]
+    assert sorted(m.text for m in fake.messages(TOKEN, CHAT)) == [f"again {n}" for n in range(2)] + [f"to {CHAT}"]
+    assert len([call for call in fake.calls("sendMessage") if call.status == 200]) == len(chats) + 2
 
 
 # --- updates ------------------------------------------------------------------------------------

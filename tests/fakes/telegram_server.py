@@ -8,7 +8,10 @@ served side by side; each has its own bot user, update queue, chats, messages an
 Tests inject updates with `push_text`, `push_voice`, ... `push_update`, inspect what the bot did with
 `calls()`, `messages()` and `drafts()`, and wait for it with `wait_for` / `await_for`. `fail_next` and
 `set_rate_limit` make the server answer the way Telegram does when things go wrong (429 with
-`retry_after`, 400 for bad entities). HTML sent with `parse_mode=HTML` is parsed like Telegram parses it
+`retry_after`, 400 for bad entities). `FakeTelegram(pacing=True)` (or `set_pacing`) adds Telegram's own limits
+to every bot and chat: about 30 messages a second per bot overall and one a second per chat, a send or edit
+beyond them answered 429 with `retry_after`, so that a burst is limited by Telegram, not by the bot.
+HTML sent with `parse_mode=HTML` is parsed like Telegram parses it
 (a port of TDLib's `parse_html`), so invalid markup gets Telegram's own error text. With
 `strict_html=True` (the default) it is stricter than Telegram in one respect: a bare `&` or `>` in text
 is refused too, because Telegram's documentation requires them escaped even though its parser forgives.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import copy
 import itertools
 import json
@@ -456,6 +460,7 @@ class _Bot:
     commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     webhook_url: str = ""
     last_write: dict[ChatKey, float] = field(default_factory=dict)
+    recent_writes: collections.deque[float] = field(default_factory=collections.deque)
     drafts: dict[ChatKey, list[Draft]] = field(default_factory=dict)
 
 
@@ -474,6 +479,18 @@ class _Fault:
 class _RateLimit:
     min_interval: float
     retry_after: int | None
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Telegram's broadcast limits: `per_second` sends and edits a second per bot, one per `chat_interval` per chat."""
+
+    per_second: int = 30
+    chat_interval: float = 1.0
+
+    def floor(self, messages: int, start: float = 0.0) -> float:
+        """The soonest one bot can deliver `messages` messages to as many chats, the first of them at `start`."""
+        return start + (max(messages, 1) - 1) // self.per_second
 
 
 class _ApiError(Exception):
@@ -605,6 +622,7 @@ class FakeTelegram:
         strict_html: bool = True,
         tokens: Iterable[str] = (),
         drafts: bool = True,
+        pacing: bool | Pacing = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -616,6 +634,7 @@ class FakeTelegram:
         self._faults: list[_Fault] = []
         self._rate_limits: dict[tuple[str | None, ChatKey | None], _RateLimit] = {}
         self._too_many_requests = 0
+        self.pacing: Pacing | None = Pacing() if pacing is True else (pacing or None)
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -1145,6 +1164,11 @@ class FakeTelegram:
             else:
                 self._rate_limits[key] = _RateLimit(min_interval, retry_after)
 
+    def set_pacing(self, pacing: Pacing | None = Pacing()) -> None:
+        """Apply Telegram's broadcast limits to every bot and chat from now on (None switches them off)."""
+        with self._cond:
+            self.pacing = pacing
+
     def clear_faults(self) -> None:
         """Forget every pending fail_next and rate limit."""
         with self._cond:
@@ -1317,7 +1341,10 @@ class FakeTelegram:
                     handler = self._handlers.get(lowered)
                     result = handler(self, bot, params) if handler else self._fallback(bot, lowered, params)
                     if lowered in _WRITES and "chat_id" in params:
-                        bot.last_write[_chat_key(params["chat_id"])] = time.monotonic()
+                        now = time.monotonic()
+                        bot.last_write[_chat_key(params["chat_id"])] = now
+                        if self.pacing is not None:
+                            bot.recent_writes.append(now)
             status, body = 200, {"ok": True, "result": result}
         except _ApiError as exc:
             status, body = exc.status, self._error(exc.status, exc.description, exc.parameters)
@@ -1340,6 +1367,8 @@ class FakeTelegram:
             raise _ApiError(fault.status, fault.description, fault.parameters)
         if method not in _WRITES or chat_key is None:
             return
+        if self.pacing is not None:
+            self._check_pacing(bot, chat_key, self.pacing)
         rule = next(
             (
                 self._rate_limits[key]
@@ -1354,6 +1383,23 @@ class FakeTelegram:
         left = rule.min_interval - (time.monotonic() - last)
         if left > 0:
             retry_after = rule.retry_after if rule.retry_after is not None else max(1, math.ceil(left))
+            raise _ApiError(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
+
+    @staticmethod
+    def _check_pacing(bot: _Bot, chat_key: ChatKey, pacing: Pacing) -> None:
+        now = time.monotonic()
+        window = bot.recent_writes
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        left = 0.0
+        if len(window) >= pacing.per_second:
+            left = 1.0 - (now - window[len(window) - pacing.per_second])
+        last = bot.last_write.get(chat_key)
+        if last is not None:
+            left = max(left, pacing.chat_interval - (now - last))
+        if left > 0:
+            # Telegram gives whole seconds, at least one.
+            retry_after = max(1, math.ceil(left))
             raise _ApiError(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
 
     async def _get_updates(self, bot: _Bot, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1840,10 +1886,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", action="append", default=[], help="bot token to serve (repeatable)")
     parser.add_argument("--lenient-html", action="store_true", help="accept bare & and > like Telegram")
     parser.add_argument("--no-drafts", action="store_true", help="act as a Bot API server without sendMessageDraft")
+    parser.add_argument("--pacing", action="store_true", help="apply Telegram's limits: 30 sends a second, 1 per chat")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     fake = FakeTelegram(
-        args.host, args.port, strict_html=not args.lenient_html, tokens=args.token, drafts=not args.no_drafts
+        args.host,
+        args.port,
+        strict_html=not args.lenient_html,
+        tokens=args.token,
+        drafts=not args.no_drafts,
+        pacing=args.pacing,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
