@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.openai_server import Behaviour, FakeOpenAI  # noqa: E402
-from tests.fakes.telegram_server import FakeTelegram  # noqa: E402
+from tests.fakes.telegram_server import FakeTelegram, Pacing  # noqa: E402
 
 JARVIS_TOKEN = "111111:jarvis-bench-token-000000000000000"
 BASELINE_TOKEN = "222222:baseline-bench-token-00000000000000"
@@ -73,8 +73,25 @@ def scratch_database(database_url: str | None = None) -> Iterator[Scratch]:
 
 
 @contextmanager
-def fakes(model_delay: float = 0.0) -> Iterator[tuple[FakeTelegram, FakeOpenAI]]:
-    telegram = FakeTelegram(tokens=list(TOKENS.values())).start()
+def postgres_database(server_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of `server_url`, dropped afterwards: its own statistics."""
+    import psycopg
+
+    name = f"jarvis_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def fakes(
+    model_delay: float = 0.0, *, tokens: tuple[str, ...] = (), pacing: Pacing | None = None
+) -> Iterator[tuple[FakeTelegram, FakeOpenAI]]:
+    telegram = FakeTelegram(tokens=[*TOKENS.values(), *tokens], pacing=pacing or False).start()
     openai = FakeOpenAI().start()
     openai.default = Behaviour(delay=model_delay)
     try:
@@ -87,7 +104,9 @@ def fakes(model_delay: float = 0.0) -> Iterator[tuple[FakeTelegram, FakeOpenAI]]
 class BotProcess:
     """`manage.py runbot` (Jarvis) or bench/baseline_bot.py, as a subprocess pointed at the fakes."""
 
-    def __init__(self, kind: str, scratch: Scratch, telegram: FakeTelegram, openai: FakeOpenAI) -> None:
+    def __init__(
+        self, kind: str, scratch: Scratch, telegram: FakeTelegram, openai: FakeOpenAI, **extra_env: str
+    ) -> None:
         self.kind = kind
         self.token = TOKENS[kind]
         command = (
@@ -101,6 +120,7 @@ class BotProcess:
             TELEGRAM_ALLOWED_USERS="*",
             OPENAI_API_KEY="sk-bench",
             OPENAI_BASE_URL=openai.base_url,
+            **extra_env,
         )
         self.log = open(scratch.directory / f"{kind}.log", "w")
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)

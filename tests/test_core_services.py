@@ -58,6 +58,8 @@ django.setup()
 from botapp import llm
 print(llm.count_tokens("hello world", model="gpt-4o-mini"), llm.count_tokens("hello world", model="gpt-3.5-turbo"),
       llm.count_tokens("hello world", model="some-local-model"))
+import sys
+print("bpe_openai" in sys.modules)  # the wrapper's vocabularies (80 MB) stay unloaded
 """
     env = {
         **os.environ,
@@ -68,7 +70,15 @@ print(llm.count_tokens("hello world", model="gpt-4o-mini"), llm.count_tokens("he
     }
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["2", "2", "2"]
+    assert result.stdout.split() == ["2", "2", "2", "False"]
+
+
+def test_text_spelling_a_special_token_is_counted_as_text() -> None:
+    """A message containing "<|endoftext|>" is counted like any text, not refused by the tokenizer."""
+    assert llm.count_tokens("hi <|endoftext|> there", model="gpt-4o-mini") > llm.count_tokens(
+        "hi there", model="gpt-4o"
+    )
+    assert llm.count_tokens("one two", model="gpt-4") == llm.count_tokens("one two", model="gpt-4o") == 2
 
 
 def test_message_token_counts_include_the_chat_overhead() -> None:
