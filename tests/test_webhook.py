@@ -99,6 +99,27 @@ def test_a_duplicate_update_is_answered_once(client, webhook, telegram, fake_ope
     assert Message.objects.filter(role=Role.USER).count() == 1
 
 
+def test_the_worker_keeps_one_initialised_application_per_bot(client, webhook, telegram, fake_openai):  # noqa: F811
+    """Several updates cost one getMe: the worker builds the bot's Application once, and again for a new token."""
+    secret = webhook_secret(webhook.pk)
+    for number in range(3):
+        fake_openai.enqueue(Behaviour(text=f"Answer {number}."))
+        assert post(client, webhook, json.dumps(update_from(telegram, f"question {number}")), secret).status_code == 200
+    assert [m.text for m in telegram.messages(TOKEN, CHAT)] == [f"Answer {number}." for number in range(3)]
+    assert len(telegram.calls("getMe", token=TOKEN)) == 1
+
+    new_token = "424242:a-new-token-from-botfather-0000000000"
+    telegram.add_bot(new_token)
+    webhook.token = new_token
+    webhook.save()
+    fake_openai.enqueue(Behaviour(text="With the new token."))
+    # Another chat and update id: the new token's fake starts its numbering again.
+    update = {**telegram.push_text(new_token, CHAT + 1, "and now?"), "update_id": 900_001}
+    assert post(client, webhook, json.dumps(update), secret).status_code == 200
+    assert telegram.messages(new_token, CHAT + 1)[0].text == "With the new token."
+    assert len(telegram.calls("getMe", token=new_token)) == 1 and len(telegram.calls("getMe", token=TOKEN)) == 1
+
+
 def test_a_disabled_bot_gets_its_updates_acknowledged_not_answered(client, webhook, telegram):  # noqa: F811
     """Switching a bot off in the admin stops answers without making Telegram retry forever."""
     Bot.objects.filter(pk=webhook.pk).update(enabled=False)

@@ -2,20 +2,26 @@
 
 The view checks Telegram's secret-token header in constant time, writes the update down (a redelivery is
 recognised by its update id and answered once) and queues `telegram_update_process` to django-q2. The
-worker builds the bot's Application without an updater and hands it the update (the PTB maintainers'
-custom-webhook pattern). `webhooks_register` is what `manage.py runbot --webhook URL` calls.
+worker hands the update to the bot's Application, built without an updater (the PTB maintainers'
+custom-webhook pattern) and initialised once per worker process: it lives on the process's own event loop,
+so its connections and its `getMe` serve every update after the first. `webhooks_register` is what
+`manage.py runbot --webhook URL` calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import os
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -25,6 +31,7 @@ from django.views.decorators.http import require_POST
 from django_q.tasks import async_task
 from telegram import Update
 from telegram.error import TelegramError
+from telegram.ext import Application
 
 from botapp.models import Bot, ProcessedUpdate
 from botapp.storable import storable_json
@@ -140,14 +147,78 @@ def update_payload_parse(body: bytes) -> dict[str, Any]:
     return payload
 
 
-async def _process(bot: Bot, payload: dict) -> None:
-    application = build_application(bot, polling=False)
-    async with application:
-        update = Update.de_json(payload, application.bot)
-        processor: ChatOrderedProcessor = application.update_processor  # type: ignore[assignment]
-        # Written down by the view; the processor keeps the chat's order and rides out a database outage.
-        processor.admit_stored(update.update_id)
-        await processor.process_update(update, application.process_update(update))
+class _WorkerLoop:
+    """This process's event loop, in a thread of its own, and each bot's initialised Application on it.
+
+    An Application's HTTP connections belong to the loop that opened them, and `async_to_sync` makes a new
+    loop for every call; so updates are handled here, where one Application per bot lives from its first
+    update on (python-telegram-bot's own Django example keeps one the same way). The task's thread waits and
+    serves the handlers' database calls meanwhile, as it does under `async_to_sync`: one task at a time, as
+    a django-q2 worker runs them.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.pid = os.getpid()
+        self.applications: dict[int, tuple[tuple[str, str], Application]] = {}
+        self.running = threading.Lock()
+        threading.Thread(target=self.loop.run_forever, name="telegram-webhook-loop", daemon=True).start()
+
+    def process(self, bot: Bot, payload: dict[str, Any]) -> None:
+        """Answer one update with the bot's Application; returns when it is handled."""
+        previous = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+        with self.running:
+            try:
+                async_to_sync(self._borrow_thread, force_new_loop=True)(_process(self, bot, payload))
+            finally:
+                # asgiref notes the loop whose calls this thread last ran, to send its next async_to_sync
+                # there; this loop outlives the call, so that note is put back.
+                SyncToAsync.threadlocal.main_event_loop = previous
+
+    async def _borrow_thread(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        # asgiref runs a loop's thread-sensitive calls in the thread registered for that loop; async_to_sync
+        # registered the waiting thread for its own loop, and this loop borrows it while the update runs.
+        waiting_thread = AsyncToSync.loop_thread_executors[asyncio.get_running_loop()]
+        AsyncToSync.loop_thread_executors[self.loop] = waiting_thread
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+        finally:
+            del AsyncToSync.loop_thread_executors[self.loop]
+
+    async def application(self, bot: Bot) -> Application:
+        """The bot's initialised Application; built again when its token or the Bot API address changed."""
+        key = (bot.token_encrypted, settings.TELEGRAM_API_BASE_URL)
+        known, application = self.applications.get(bot.pk, (None, None))
+        if application is not None and known == key:
+            return application
+        if application is not None:
+            await application.shutdown()
+        application = build_application(bot, polling=False)
+        await application.initialize()
+        self.applications[bot.pk] = (key, application)
+        return application
+
+
+_worker_loop: _WorkerLoop | None = None
+_worker_loop_lock = threading.Lock()
+
+
+def _worker() -> _WorkerLoop:
+    global _worker_loop
+    with _worker_loop_lock:
+        # A forked worker process inherits the object but not its thread: it starts its own.
+        if _worker_loop is None or _worker_loop.pid != os.getpid():
+            _worker_loop = _WorkerLoop()
+        return _worker_loop
+
+
+async def _process(worker: _WorkerLoop, bot: Bot, payload: dict[str, Any]) -> None:
+    application = await worker.application(bot)
+    update = Update.de_json(payload, application.bot)
+    processor: ChatOrderedProcessor = application.update_processor  # type: ignore[assignment]
+    # Written down by the view; the processor keeps the chat's order and rides out a database outage.
+    processor.admit_stored(update.update_id)
+    await processor.process_update(update, application.process_update(update))
 
 
 def telegram_update_process(bot_id: int, update_id: int) -> str:
@@ -160,7 +231,7 @@ def telegram_update_process(bot_id: int, update_id: int) -> str:
         return f"Update {update_id} of bot {bot_id} was already answered."
     if not row.bot.enabled:
         return f"Bot {bot_id} is disabled; update {update_id} is not answered."
-    async_to_sync(_process)(row.bot, row.payload)
+    _worker().process(row.bot, row.payload)
     return f"Update {update_id} of bot {bot_id} answered."
 
 
