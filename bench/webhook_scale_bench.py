@@ -81,6 +81,26 @@ class Cluster:
         self.log.close()
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by a process and every live descendant of it."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    family, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (parent, _) in stats.items():
+            if parent in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sum(stats[pid][1] for pid in family if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
 def _post(url: str, secret: str, update: dict) -> int:
     request = urllib.request.Request(  # noqa: S310 - a local http URL
         url,
@@ -110,8 +130,8 @@ def _post_all(url: str, secret: str, updates: list[dict]) -> None:
 
 
 def run(workers: int, count: int, scratch: Scratch, telegram: FakeTelegram, env: dict[str, str], url: str,
-        secret: str) -> float:  # fmt: skip
-    """Messages answered per second by a cluster of `workers` processes."""
+        secret: str, web: int) -> tuple[float, float, float]:  # fmt: skip
+    """Messages answered per second by a cluster of `workers` processes; its CPU and the web's, ms a message."""
     watch = AnswerWatch(telegram, JARVIS_TOKEN)
     cluster = Cluster(env, workers, str(scratch.directory / f"worker-{workers}.log"))
     try:
@@ -120,10 +140,14 @@ def run(workers: int, count: int, scratch: Scratch, telegram: FakeTelegram, env:
         _post_all(url, secret, updates)
         watch.wait(answers, timeout=180)
         updates, answers = _updates(telegram, count, f"run{workers}")
+        cpu = tree_cpu(cluster.process.pid), tree_cpu(web)
         start = time.time()
         _post_all(url, secret, updates)
         arrived = watch.wait(answers, timeout=120 + count)
-        return count / (max(arrived.values()) - start)
+        rate = count / (max(arrived.values()) - start)
+        time.sleep(1)  # the workers finish writing down what they sent
+        worker_cpu = (tree_cpu(cluster.process.pid) - cpu[0]) / count * 1000
+        return rate, worker_cpu, (tree_cpu(web) - cpu[1]) / count * 1000
     finally:
         cluster.stop()
 
@@ -165,14 +189,15 @@ def main() -> None:
             except OSError:
                 time.sleep(0.1)
         url = f"{base}/telegram/webhook/{bot_id}/"
-        rates = {workers: run(workers, args.messages, scratch, telegram, env, url, secret) for workers in (1, 2)}
+        results = {n: run(n, args.messages, scratch, telegram, env, url, secret, web.pid) for n in (1, 2)}
 
     database = "PostgreSQL" if args.database_url else "SQLite"
     print(f"\n## Webhook scale-out ({database}, Redis broker, instant model, {args.messages} messages)\n")
-    print("| worker processes | answered messages / s |\n|---:|---:|")
-    for workers, rate in rates.items():
-        print(f"| {workers} | {rate:.1f} |")
-    ratio = rates[2] / rates[1]
+    print("| worker processes | answered messages / s | worker CPU ms / message | web CPU ms / message |")
+    print("|---:|---:|---:|---:|")
+    for workers, (rate, worker_cpu, web_cpu) in results.items():
+        print(f"| {workers} | {rate:.1f} | {worker_cpu:.1f} | {web_cpu:.1f} |")
+    ratio = results[2][0] / results[1][0]
     print(f"\n2 workers ÷ 1 worker: **{ratio:.2f}** (target ≥ 1.7; {os.cpu_count()} cores on this machine)")
 
 
