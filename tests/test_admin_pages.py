@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from botapp.admin import EstimatedCountPaginator
+from botapp.admin.base import EstimatedCountPaginator
 from botapp.models import (
     BotUser,
     Broadcast,
