@@ -97,7 +97,7 @@ def context_budget(*, model: str, max_output_tokens: int, price: ModelPrice | ob
     return max(budget, 0)
 
 
-def row_cost(message: Message) -> int:
+def row_cost(message: Message | _Row) -> int:
     """Tokens a stored message takes in a request: its text and the message's own overhead."""
     return message.token_count + llm.TOKENS_PER_MESSAGE
 
@@ -262,7 +262,7 @@ def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool =
     picked: list[tuple[_Row, bool]] = []
     history_trimmed = False
     for row in map(_Row._make, rows):
-        cost = row.token_count + llm.TOKENS_PER_MESSAGE
+        cost = row_cost(row)
         full = with_tools and row.tool_tokens > 0
         if full and used + cost + row.tool_tokens > budget:
             full = False  # the answer's text still fits without its tool calls
