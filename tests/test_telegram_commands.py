@@ -9,16 +9,8 @@ from django.test import Client
 from django.urls import reverse
 
 from botapp.crypto import token_digest
-from botapp.models import (
-    Conversation,
-    MessageStatus,
-    ModelPrice,
-    Persona,
-    Profile,
-    Role,
-    TelegramLinkCode,
-    WebSignInLink,
-)
+from botapp.models import Conversation, MessageStatus, ModelPrice, Persona, Role, TelegramLinkCode, WebSignInLink
+from botapp.usage import profile_for
 from tests.factories import PersonaFactory, UserFactory
 from tests.fakes.openai_server import Behaviour
 from tests.telegram_support import TOKEN, USERNAME, Running
@@ -112,7 +104,9 @@ async def test_a_tenth_of_a_cent_budget_reads_the_same_in_stats_the_page_and_the
     jarvis.telegram.push_text(TOKEN, 616, "/stats")
     await jarvis.answered(616, 1)
     person = await sync_to_async(get_user_model().objects.get)(telegram__telegram_id=616)
-    await Profile.objects.filter(user=person).aupdate(daily_budget_usd=Decimal("0.001"))
+    profile = await sync_to_async(profile_for)(person)
+    profile.daily_budget_usd = Decimal("0.001")
+    await profile.asave(update_fields=["daily_budget_usd"])
     jarvis.telegram.push_text(TOKEN, 616, "/stats")
     stats = (await jarvis.answered(616, 2))[-1].text
 

@@ -80,16 +80,18 @@ class ConversationAdmin(LargeTableAdmin):
     @admin.action(description=_("Export the selected conversations as Markdown"))
     def export_markdown(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         body = conversations_export_markdown(ids=queryset.values_list("pk", flat=True))
-        response = HttpResponse(body, content_type="text/markdown; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="conversations.md"'
-        return response
+        return _download(body, content_type="text/markdown", filename="conversations.md")
 
     @admin.action(description=_("Export the selected conversations as JSON"))
     def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         body = conversations_export_json(ids=queryset.values_list("pk", flat=True))
-        response = HttpResponse(body, content_type="application/json; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="conversations.json"'
-        return response
+        return _download(body, content_type="application/json", filename="conversations.json")
+
+
+def _download(body: str, *, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=f"{content_type}; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 @admin.register(Message)
