@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
 from botapp.models import Profile, TelegramIdentity
 from botapp.storable import storable_text
+
+
+def language_for(code: str | None) -> str:
+    """The interface language for a language code: Simplified Chinese for any Chinese, else English."""
+    return "zh-hans" if (code or "").lower().startswith("zh") else "en"
+
+
+def person_language(*, user_id: int) -> str:
+    """The language Jarvis speaks to a person in: their Telegram app's, else their profile's, else English."""
+    code = TelegramIdentity.objects.filter(user_id=user_id).values_list("language_code", flat=True).first()
+    if code is None:
+        code = Profile.objects.filter(user_id=user_id).values_list("language_code", flat=True).first()
+    return language_for(code)
 
 
 def _names(
@@ -57,21 +69,3 @@ def telegram_identity_sync(
         # Two updates from a new person at once: the other one created the identity first.
         return queryset.select_related("user").get(telegram_id=telegram_id)
     return identity
-
-
-def telegram_user_sync(
-    *,
-    telegram_id: int,
-    username: str | None = None,
-    first_name: str | None = None,
-    last_name: str | None = None,
-    language_code: str | None = None,
-) -> AbstractBaseUser:
-    """The `User` behind a Telegram account, created on first contact; names are refreshed when they change."""
-    return telegram_identity_sync(
-        telegram_id=telegram_id,
-        username=username,
-        first_name=first_name,
-        last_name=last_name,
-        language_code=language_code,
-    ).user

@@ -268,13 +268,6 @@ def _period_bounds(now: datetime) -> tuple[datetime, datetime, datetime, datetim
     return day_start, day_end, month_start, month_end
 
 
-def spent_between(*, user: AbstractBaseUser, start: datetime, end: datetime | None = None) -> Decimal:
-    rows = UsageRecord.objects.filter(user=user, created_at__gte=start)
-    if end is not None:
-        rows = rows.filter(created_at__lt=end)
-    return rows.aggregate(total=Sum("cost_usd"))["total"] or Decimal("0")
-
-
 def budget_periods(
     *, user: AbstractBaseUser, now: datetime | None = None, profile: Profile | None = None
 ) -> list[BudgetPeriod]:

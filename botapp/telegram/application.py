@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.utils import translation
 from telegram import Update
 from telegram.error import NetworkError, TelegramError
@@ -37,6 +36,7 @@ from botapp.conversations import ReplyRefused, leases_release, turn_for_pending_
 from botapp.database import database_retry, database_wait, is_unavailable
 from botapp.models import Bot, Message, MessageStatus, ProcessedUpdate
 from botapp.telegram import handlers, selectors, services
+from botapp.telegram.client import bot_client
 
 logger = logging.getLogger(__name__)
 
@@ -216,13 +216,11 @@ class RecordingBot(ExtBot):
 
 def build_application(bot: Bot, *, polling: bool = True) -> Application:
     """The Application for `bot`, with every handler, the ordered processor and the error handler."""
-    root = settings.TELEGRAM_API_BASE_URL
     processor = ChatOrderedProcessor(bot_id=bot.pk)
-    client = RecordingBot(
+    client = bot_client(
+        bot.token,
+        cls=RecordingBot,
         processor=processor,
-        token=bot.token,
-        base_url=f"{root}/bot",
-        base_file_url=f"{root}/file/bot",
         # Hundreds of chats share the connection pool; waiting for a free connection is better than failing.
         request=QueuedRequest(pool_timeout=30.0, connect_timeout=10.0, read_timeout=30.0, write_timeout=30.0),
         get_updates_request=HTTPXRequest(

@@ -25,7 +25,7 @@ from botapp.models import (
     Profile,
     TelegramIdentity,
 )
-from botapp.people import telegram_identity_sync
+from botapp.people import language_for, telegram_identity_sync
 from botapp.storable import storable_json
 from botapp.telegram.selectors import stored_question
 from botapp.usage import profile_for
@@ -46,11 +46,6 @@ class Contact:
     identity: TelegramIdentity
     language: str
     allowed: bool
-
-
-def language_for(code: str | None) -> str:
-    """The interface language for a Telegram `language_code`: Simplified Chinese for any Chinese, else English."""
-    return "zh-hans" if (code or "").lower().startswith("zh") else "en"
 
 
 def contact_sync(
