@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
-from botapp import llm, media
+from botapp import hot_path, llm, media
 from botapp.context import (
     Context,
     DocumentsNotReady,
@@ -332,10 +332,7 @@ def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None)
     `prepare` checks and builds (the chat context by default; a picture's plan for /image turns).
     """
     now = timezone.now()
-    taken = Conversation.objects.filter(
-        Q(answering_until__isnull=True) | Q(answering_until__lt=now), pk=turn.conversation.pk
-    ).update(answering_until=now + LEASE, answering_token=token)
-    if not taken:
+    if not hot_path.lease_take(conversation_id=turn.conversation.pk, token=token, now=now, until=now + LEASE):
         return None
     try:
         return (prepare or _check_and_build)(turn)
@@ -350,9 +347,7 @@ def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None)
 
 
 def _lease_release_now(conversation_id: int, token: str) -> None:
-    Conversation.objects.filter(pk=conversation_id, answering_token=token).update(
-        answering_until=None, answering_token=""
-    )
+    hot_path.lease_release(conversation_id=conversation_id, token=token)
 
 
 async def _lease_release(conversation_id: int, token: str) -> None:
@@ -550,14 +545,7 @@ def _store_answer(
             tool_calls_interrupt(message_id=reply.pk, reason=error or _("Stopped."))
         if status == MessageStatus.FAILED and not text:
             Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
-        released = {}
-        if lease_token:
-            held = Q(answering_token=lease_token)
-            released = {
-                "answering_until": Case(When(held, then=None), default=F("answering_until")),
-                "answering_token": Case(When(held, then=Value("")), default=F("answering_token")),
-            }
-        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at, **released)
+        hot_path.conversation_answered(conversation_id=turn.conversation.pk, at=reply.created_at, token=lease_token)
         if status == MessageStatus.COMPLETE and (not turn.conversation.title or context.history_trimmed):
             # A worker titles new conversations and summarises long ones (botapp.tasks), once this is committed.
             pk = turn.conversation.pk

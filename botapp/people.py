@@ -7,7 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
-from botapp.models import Profile, TelegramIdentity
+from botapp.models import Bot, BotUser, Profile, TelegramIdentity
 from botapp.storable import storable_text
 
 
@@ -30,10 +30,12 @@ def telegram_identity_sync(
     last_name: str | None = None,
     language_code: str | None = None,
     identities: QuerySet[TelegramIdentity] | None = None,
+    member_of: Bot | None = None,
 ) -> TelegramIdentity:
     """The Telegram identity (with its `user`), created with a user and a profile on first contact.
 
     Names are refreshed when they change. `identities` may add to the read (annotations, related rows).
+    A person created here for `member_of` joins that bot in the same transaction (`member_id` is set).
     """
     queryset = identities if identities is not None else TelegramIdentity.objects.all()
     identity = queryset.select_related("user").filter(telegram_id=telegram_id).first()
@@ -53,6 +55,9 @@ def telegram_identity_sync(
             user.save()
             identity = TelegramIdentity.objects.create(user=user, telegram_id=telegram_id, **fields)
             Profile.objects.create(user=user, language_code=fields["language_code"])
+            if member_of is not None:
+                identity.member_id = BotUser.objects.create(bot=member_of, identity=identity).pk
+                identity.member_blocked_at = None
     except IntegrityError:
         # Two updates from a new person at once: the other one created the identity first.
         return queryset.select_related("user").get(telegram_id=telegram_id)

@@ -9,10 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
+from django.db import transaction
+from django.db.models import F, FilteredRelation, Q
 from django.utils import timezone
 
+from botapp import hot_path
 from botapp.conversations import Turn, conversation_for_chat, turn_accept
 from botapp.media import speaks
 from botapp.models import (
@@ -67,20 +68,24 @@ def contact_sync(
     A person Jarvis knows costs two reads: the bot, then their identity, user, profile and membership at once.
     """
     bot = Bot.objects.select_related("default_persona").get(pk=bot_id)
-    membership = BotUser.objects.filter(bot_id=bot_id, identity=OuterRef("pk"))
+    # The membership of this bot joined in (one LEFT JOIN), not looked up with EXISTS subqueries.
+    identities = (
+        TelegramIdentity.objects.select_related("user__jarvis_profile")
+        .annotate(membership=FilteredRelation("bot_memberships", condition=Q(bot_memberships__bot_id=bot_id)))
+        .annotate(member_id=F("membership__id"), member_blocked_at=F("membership__blocked_bot_at"))
+    )
     identity = telegram_identity_sync(
         telegram_id=telegram_id,
         username=username,
         first_name=first_name,
         last_name=last_name,
         language_code=language_code,
-        identities=TelegramIdentity.objects.select_related("user__jarvis_profile").annotate(
-            is_member=Exists(membership), member_blocked_bot=Exists(membership.filter(blocked_bot_at__isnull=False))
-        ),
+        identities=identities,
+        member_of=bot,
     )
-    if not getattr(identity, "is_member", False):
+    if getattr(identity, "member_id", None) is None:
         BotUser.objects.get_or_create(bot=bot, identity=identity)
-    elif identity.member_blocked_bot:
+    elif identity.member_blocked_at is not None:
         # Writing to the bot again means they unblocked it.
         BotUser.objects.filter(bot=bot, identity=identity).update(blocked_bot_at=None)
     user = identity.user
@@ -175,34 +180,27 @@ def message_reply_ids_store(*, message_id: int, telegram_ids: list[int]) -> None
 
 def update_record(*, bot_id: int, update_id: int, payload: dict[str, Any]) -> bool:
     """Write an update down before handling it; False when it was seen before (a redelivery)."""
-    try:
-        with transaction.atomic():
-            ProcessedUpdate.objects.create(bot_id=bot_id, update_id=update_id, payload=storable_json(payload))
-    except IntegrityError:
-        return False
-    return True
+    return bool(updates_record(bot_id=bot_id, updates=[(update_id, payload)]))
 
 
 def updates_record(*, bot_id: int, updates: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
     """Write a batch of polled updates down; the ids of those seen for the first time (the rest are redeliveries)."""
-    ids = [update_id for update_id, _payload in updates]
-    with transaction.atomic():
-        known = set(
-            ProcessedUpdate.objects.filter(bot_id=bot_id, update_id__in=ids).values_list("update_id", flat=True)
-        )
-        ProcessedUpdate.objects.bulk_create(
-            [
-                ProcessedUpdate(bot_id=bot_id, update_id=update_id, payload=storable_json(payload))
-                for update_id, payload in updates
-                if update_id not in known
-            ],
-            ignore_conflicts=True,
-        )
-    return [update_id for update_id in ids if update_id not in known]
+    # One INSERT ... ON CONFLICT DO NOTHING: a batch polled twice (a retry) is one batch of redeliveries.
+    unique = {update_id: storable_json(payload) for update_id, payload in updates}
+    fresh = hot_path.updates_record(bot_id=bot_id, updates=list(unique.items()), now=timezone.now())
+    return [update_id for update_id in unique if update_id in fresh]
 
 
 def update_mark_done(*, bot_id: int, update_id: int) -> None:
-    ProcessedUpdate.objects.filter(bot_id=bot_id, update_id=update_id).update(state=ProcessedUpdate.State.DONE)
+    hot_path.update_done(bot_id=bot_id, update_id=update_id)
+
+
+def answer_delivered(*, message_id: int, telegram_ids: list[int] | None, bot_id: int, update_id: int | None) -> None:
+    """An answer is in the chat: remember its Telegram messages and finish the update that asked, in one trip."""
+    if telegram_ids is not None:
+        hot_path.reply_ids_store(message_id=message_id, telegram_ids=telegram_ids)
+    if update_id is not None:
+        hot_path.update_done(bot_id=bot_id, update_id=update_id)
 
 
 def updates_prune(*, bot_id: int) -> int:
