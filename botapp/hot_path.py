@@ -72,6 +72,15 @@ def _sql(name: str, vendor: str) -> str:
             f" ELSE {c['answering_token']} END"
             f" WHERE {c['id']} = %s"
         ),
+        # A question stored: the conversation's last activity, and its lease taken in the same write when free.
+        "stored_and_lease": (
+            f"UPDATE {c['_table']} SET {c['updated_at']} = %s,"
+            f" {c['answering_token']} = CASE WHEN {c['answering_until']} IS NULL OR {c['answering_until']} < %s"
+            f" THEN %s ELSE {c['answering_token']} END,"
+            f" {c['answering_until']} = CASE WHEN {c['answering_until']} IS NULL OR {c['answering_until']} < %s"
+            f" THEN %s ELSE {c['answering_until']} END"
+            f" WHERE {c['id']} = %s RETURNING {c['answering_token']}"
+        ),
         "touch": f"UPDATE {c['_table']} SET {c['updated_at']} = %s WHERE {c['id']} = %s",
     }
     return statements[name]
@@ -111,6 +120,16 @@ def lease_take(*, conversation_id: int, token: str, now: datetime, until: dateti
     """Take a conversation's lease when nobody holds it (or the holder's ran out); True when taken."""
     at, until_value = _prep(Conversation, "answering_until", now), _prep(Conversation, "answering_until", until)
     return _execute("lease_take", [until_value, token, conversation_id, at]) == 1
+
+
+def question_stored(*, conversation_id: int, at: datetime, token: str, until: datetime) -> bool:
+    """A question was stored at `at`: the conversation's last activity; its lease taken when free (True)."""
+    at_value = _prep(Conversation, "updated_at", at)
+    params = [at_value, at_value, token, at_value, _prep(Conversation, "answering_until", until), conversation_id]
+    with connection.cursor() as cursor:
+        cursor.execute(_sql("stored_and_lease", connection.vendor), params)
+        row = cursor.fetchone()
+    return row is not None and row[0] == token
 
 
 def lease_release(*, conversation_id: int, token: str) -> None:

@@ -9,6 +9,7 @@ the moment the update is pushed until the bot has finished with it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from django.db.backends import utils as db_utils
 
 from botapp.models import Message, MessageStatus, ProcessedUpdate, Role, UsageRecord
 from tests.telegram_support import TOKEN, Running
+
+logger = logging.getLogger(__name__)
 
 pytest_plugins = ["tests.telegram_support"]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,7 +109,7 @@ async def test_a_fresh_chat_and_a_known_person_stay_within_their_statements_and_
     await _message_cost(jarvis, cost, chat_id=7001, user_id=7001, text="warm up")  # imports, connections
     fresh = await _message_cost(jarvis, cost, chat_id=7002, user_id=7002, text="Hello Jarvis")
     known = await _message_cost(jarvis, cost, chat_id=7002, user_id=7002, text="And again")
-    print(f"\nfresh chat: {fresh}\nknown person: {known}")
+    logger.info("fresh chat: %s\nknown person: %s", fresh, known)
     assert len(fresh.statements) <= FRESH_CHAT_STATEMENTS, f"fresh chat: {fresh}"
     assert len(fresh.hops) <= HOPS, f"fresh chat: {fresh}"
     assert len(known.statements) <= KNOWN_PERSON_STATEMENTS, f"known person: {known}"

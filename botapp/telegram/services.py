@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -11,11 +12,20 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F, FilteredRelation, Q
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from botapp import hot_path
-from botapp.conversations import Turn, conversation_for_chat, turn_accept
-from botapp.media import speaks
+from botapp.conversations import (
+    Begun,
+    ReplyRefused,
+    Turn,
+    chat_conversation,
+    lease_let_go,
+    lease_token_new,
+    turn_accept,
+    turn_begin,
+)
+from botapp.media import image_command, speaks
 from botapp.models import (
     AccessPolicy,
     Bot,
@@ -47,6 +57,7 @@ class Contact:
     identity: TelegramIdentity
     language: str
     allowed: bool
+    profile: Profile | None = None
 
 
 def language_for(code: str | None) -> str:
@@ -95,7 +106,9 @@ def contact_sync(
         profile = profile_for(user)
     blocked = profile.is_blocked or not user.is_active
     allowed = not blocked and bot.allows(telegram_id=telegram_id, username=username)
-    return Contact(bot=bot, user=user, identity=identity, language=language_for(language_code), allowed=allowed)
+    return Contact(
+        bot=bot, user=user, identity=identity, language=language_for(language_code), allowed=allowed, profile=profile
+    )
 
 
 def bot_user_mark_blocked(*, bot_id: int, telegram_id: int) -> None:
@@ -147,23 +160,104 @@ def chat_message_accept(
     telegram_message_id: int,
     text: str,
     attachments: Sequence[dict[str, Any]] = (),
+    first_delivery: bool = False,
+    lease_token: str = "",
 ) -> Accepted:
     """Store a chat message and its pending answer in the chat's conversation, unless it was stored before.
 
     One trip to the database for what the funnel needs before the model is called. Raises ReplyRefused.
+    `first_delivery`: the update carrying the message was written down just now, for the first time, and
+    this is its first handling, so the message cannot have been stored before. With `lease_token` the
+    conversation's lease is taken in the same write (`Turn.leased`), its checks read with it.
     """
-    conversation = conversation_for_chat(bot=bot, telegram_chat_id=telegram_chat_id, user=user)
-    stored = stored_question(conversation=conversation, telegram_message_id=telegram_message_id)
-    if stored is not None:
-        return Accepted(conversation=conversation, stored=stored)
+    conversation, started = chat_conversation(
+        bot=bot, telegram_chat_id=telegram_chat_id, user=user, checks=bool(lease_token), lease_token=lease_token
+    )
+    if not (started or first_delivery):
+        stored = stored_question(conversation=conversation, telegram_message_id=telegram_message_id)
+        if stored is not None:
+            return Accepted(conversation=conversation, stored=stored)
     turn = turn_accept(
         conversation=conversation,
         text=text,
         sender=user,
         attachments=attachments,
         telegram_message_id=telegram_message_id,
+        lease_token=lease_token,
     )
     return Accepted(conversation=conversation, turn=turn)
+
+
+@dataclass
+class UpdateInHand:
+    """The update being handled in this task (set by the update processor), for handlers that finish it."""
+
+    update_id: int
+    # Written down for the first time by this process, and handled for the first time.
+    first_delivery: bool
+    done: bool = False
+
+
+update_in_hand: ContextVar[UpdateInHand | None] = ContextVar("update_in_hand", default=None)
+
+
+@dataclass
+class Taken:
+    """A chat message taken in one trip: who sent it, and if they may be served, what was stored and begun."""
+
+    contact: Contact
+    accepted: Accepted | None = None
+    # The sentence refusing the message (an empty one, say), in the person's language.
+    refusal: str | None = None
+    speaks: bool = False
+    begun: Begun | None = None
+
+
+def chat_message_take(
+    *,
+    bot_id: int,
+    telegram_id: int,
+    username: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    language_code: str | None,
+    telegram_chat_id: int,
+    telegram_message_id: int,
+    text: str,
+    first_delivery: bool = False,
+) -> Taken:
+    """Everything before the model is called, in one trip: the person, the question stored, the lease taken and
+    the context built (`contact_sync`, `chat_message_accept`, `turn_begin`).
+
+    An /image turn and an answer to be spoken are stored but not begun: they go their own way.
+    """
+    contact = contact_sync(
+        bot_id=bot_id, telegram_id=telegram_id, username=username, first_name=first_name, last_name=last_name,
+        language_code=language_code,
+    )  # fmt: skip
+    if not contact.allowed:
+        return Taken(contact=contact)
+    token = lease_token_new()
+    begins = image_command(text) is None
+    with translation.override(contact.language):
+        try:
+            accepted = chat_message_accept(
+                bot=contact.bot, telegram_chat_id=telegram_chat_id, user=contact.user,
+                telegram_message_id=telegram_message_id, text=text, first_delivery=first_delivery,
+                lease_token=token if begins else "",
+            )  # fmt: skip
+        except ReplyRefused as refusal:
+            return Taken(contact=contact, refusal=str(refusal))
+        turn = accepted.turn
+        if turn is None:
+            return Taken(contact=contact, accepted=accepted)
+        taken = Taken(contact=contact, accepted=accepted, speaks=speaks(accepted.conversation))
+        if taken.speaks:
+            if turn.leased:
+                lease_let_go(conversation_id=accepted.conversation.pk, token=token)
+        elif begins:
+            taken.begun = turn_begin(turn, token=token, profile=contact.profile)
+    return taken
 
 
 def conversation_voice_switch(*, conversation: Conversation) -> bool:
