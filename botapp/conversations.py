@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
@@ -443,9 +443,7 @@ def _check_turn(turn: Turn, profile: Profile | None = None, current: bool = Fals
         fresh = turn.conversation
     else:
         # A background job may have titled or summarised the conversation since the turn was read.
-        fresh = Conversation.objects.select_related("persona").annotate(**conversation_checks()).get(
-            pk=turn.conversation.pk
-        )
+        [fresh] = hot_path.instances("conversation_checked", _conversation_checked, pk=turn.conversation.pk)
         for field_name in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
             setattr(turn.conversation, field_name, getattr(fresh, field_name))
     sender = turn.user_message.sender or turn.conversation.user
@@ -990,8 +988,12 @@ def chat_conversation(
         bot=bot, telegram_chat_id=telegram_chat_id, is_active=True
     )
     if checks:
-        active = active.annotate(**conversation_checks())
-    conversation = active.first()
+        found = hot_path.instances(
+            "chat_conversation_checked", _chat_conversation_checked, bot_id=bot.pk, telegram_chat_id=telegram_chat_id
+        )
+        conversation = found[0] if found else None
+    else:
+        conversation = active.first()
     started = conversation is None
     if conversation is None:
         try:
@@ -1006,6 +1008,17 @@ def chat_conversation(
     if conversation.user_id == user.pk:
         conversation.user = user
     return conversation, started
+
+
+def _chat_conversation_checked(*, bot_id: int, telegram_chat_id: int) -> QuerySet[Conversation]:
+    active = Conversation.objects.select_related("persona").filter(
+        bot_id=bot_id, telegram_chat_id=telegram_chat_id, is_active=True
+    )
+    return active.annotate(**conversation_checks()).order_by("pk")[:1]
+
+
+def _conversation_checked(*, pk: int) -> QuerySet[Conversation]:
+    return Conversation.objects.select_related("persona").annotate(**conversation_checks()).filter(pk=pk)
 
 
 def conversation_for_chat(*, bot: Bot, telegram_chat_id: int, user: AbstractBaseUser) -> Conversation:

@@ -12,13 +12,17 @@ own `get_db_prep_save`, so what is stored is what the ORM would store. Everythin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import connection
-from django.db.models import Model
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import Model, QuerySet
+from django.db.models.query import get_related_populators
+from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.constants import MULTI
 
 from botapp.models import Conversation, Message, ProcessedUpdate
 
@@ -143,3 +147,63 @@ def conversation_answered(*, conversation_id: int, at: datetime, token: str) -> 
         _execute("touch", [_prep(Conversation, "updated_at", at), conversation_id])
         return
     _execute("answered", [_prep(Conversation, "updated_at", at), token, token, conversation_id])
+
+
+# --- Reads compiled once --------------------------------------------------------------------------
+
+M = TypeVar("M", bound=Model)
+# Values no real row has, put in the QuerySet compiled once to find where each value goes in its parameters.
+_SENTINEL = -7_357_000_000_000
+
+
+@dataclass
+class _Compiled:
+    compiler: SQLCompiler
+    sql: str
+    params: tuple[Any, ...]
+    slots: dict[str, list[int]]
+
+
+def _compiled(key: str, build: Callable[..., QuerySet[Any]], names: tuple[str, ...]) -> _Compiled:
+    # Kept per connection (one per thread): a compiler is bound to the connection it was made for.
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    cached: dict[str, _Compiled] = wrapper.__dict__.setdefault("_jarvis_hot_path", {})
+    found = cached.get(key)
+    if found is None:
+        sentinels = {name: _SENTINEL - index for index, name in enumerate(names)}
+        compiler = build(**sentinels).query.get_compiler(using=DEFAULT_DB_ALIAS)
+        sql, params = compiler.as_sql()
+        slots = {name: [i for i, param in enumerate(params) if param == value] for name, value in sentinels.items()}
+        if not all(slots.values()):
+            raise ValueError(f"{key}: a value does not appear in the compiled query's parameters")
+        found = cached[key] = _Compiled(compiler, sql, tuple(params), slots)
+    return found
+
+
+def instances(key: str, build: Callable[..., QuerySet[M]], **values: int) -> list[M]:
+    """The rows of `build(**values)` as model instances (related rows and annotations included), like iterating
+    the QuerySet, but built and compiled once per connection: `build` is called with stand-in integers.
+    """
+    compiled = _compiled(key, build, tuple(values))
+    params = list(compiled.params)
+    for name, positions in compiled.slots.items():
+        for position in positions:
+            params[position] = values[name]
+    compiler = compiled.compiler
+    compiler.as_sql = lambda *args, **kwargs: (compiled.sql, tuple(params))  # type: ignore[method-assign]
+    results = compiler.execute_sql(MULTI)
+    # As django.db.models.query.ModelIterable does with a compiler it ran.
+    select, klass_info, annotations = compiler.select, compiler.klass_info, compiler.annotation_col_map
+    model = klass_info["model"]
+    start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
+    init_list = [column[0].target.attname for column in select[start:end]]
+    populators = get_related_populators(klass_info, select, compiler.using)
+    rows = []
+    for row in compiler.results_iter(results):
+        obj = model.from_db(compiler.using, init_list, row[start:end])
+        for populator in populators:
+            populator.populate(row, obj)
+        for name, position in (annotations or {}).items():
+            setattr(obj, name, row[position])
+        rows.append(obj)
+    return rows

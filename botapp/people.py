@@ -31,14 +31,18 @@ def telegram_identity_sync(
     language_code: str | None = None,
     identities: QuerySet[TelegramIdentity] | None = None,
     member_of: Bot | None = None,
+    found: TelegramIdentity | object | None = ...,
 ) -> TelegramIdentity:
     """The Telegram identity (with its `user`), created with a user and a profile on first contact.
 
     Names are refreshed when they change. `identities` may add to the read (annotations, related rows).
     A person created here for `member_of` joins that bot in the same transaction (`member_id` is set).
+    `found`: the identity (or None) the caller has just read, so it is not read again.
     """
     queryset = identities if identities is not None else TelegramIdentity.objects.all()
-    identity = queryset.select_related("user").filter(telegram_id=telegram_id).first()
+    if found is ...:
+        found = queryset.select_related("user").filter(telegram_id=telegram_id).first()
+    identity = found
     fields = _names(username, first_name, last_name, language_code)
     if identity is not None:
         changed = [name for name, value in fields.items() if getattr(identity, name) != value]

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, FilteredRelation, Q
+from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.utils import timezone, translation
 
 from botapp import hot_path
@@ -65,6 +65,23 @@ def language_for(code: str | None) -> str:
     return "zh-hans" if (code or "").lower().startswith("zh") else "en"
 
 
+def _bot_read(*, bot_id: int) -> QuerySet[Bot]:
+    return Bot.objects.select_related("default_persona").filter(pk=bot_id)
+
+
+def _identities(bot_id: int) -> QuerySet[TelegramIdentity]:
+    # The membership of this bot joined in (one LEFT JOIN), not looked up with EXISTS subqueries.
+    return (
+        TelegramIdentity.objects.select_related("user__jarvis_profile")
+        .annotate(membership=FilteredRelation("bot_memberships", condition=Q(bot_memberships__bot_id=bot_id)))
+        .annotate(member_id=F("membership__id"), member_blocked_at=F("membership__blocked_bot_at"))
+    )
+
+
+def _identity_read(*, bot_id: int, telegram_id: int) -> QuerySet[TelegramIdentity]:
+    return _identities(bot_id).filter(telegram_id=telegram_id)[:1]
+
+
 def contact_sync(
     *,
     bot_id: int,
@@ -78,21 +95,17 @@ def contact_sync(
 
     A person Jarvis knows costs two reads: the bot, then their identity, user, profile and membership at once.
     """
-    bot = Bot.objects.select_related("default_persona").get(pk=bot_id)
-    # The membership of this bot joined in (one LEFT JOIN), not looked up with EXISTS subqueries.
-    identities = (
-        TelegramIdentity.objects.select_related("user__jarvis_profile")
-        .annotate(membership=FilteredRelation("bot_memberships", condition=Q(bot_memberships__bot_id=bot_id)))
-        .annotate(member_id=F("membership__id"), member_blocked_at=F("membership__blocked_bot_at"))
-    )
+    [bot] = hot_path.instances("contact_bot", _bot_read, bot_id=bot_id)
+    found = hot_path.instances("contact_identity", _identity_read, bot_id=bot_id, telegram_id=telegram_id)
     identity = telegram_identity_sync(
         telegram_id=telegram_id,
         username=username,
         first_name=first_name,
         last_name=last_name,
         language_code=language_code,
-        identities=identities,
+        identities=_identities(bot_id),
         member_of=bot,
+        found=found[0] if found else None,
     )
     if getattr(identity, "member_id", None) is None:
         BotUser.objects.get_or_create(bot=bot, identity=identity)
