@@ -969,9 +969,7 @@ def conversation_start(
             conversation.save(force_insert=True)
         return conversation
     with transaction.atomic():
-        Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(
-            is_active=False
-        )
+        Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(is_active=False)
         conversation.save(force_insert=True)
     return conversation
 

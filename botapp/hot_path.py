@@ -4,7 +4,15 @@ Issue 16's decision: on the message path a handful of statements bypass QuerySet
 which cost more than the database itself (an ORM UPDATE ~0.3 ms of Python, a cursor call ~0.02 ms). Each is
 plain SQL over Django's connection, so transactions, the test database and both backends (SQLite 3.35+ and
 PostgreSQL) work as for the ORM; names come from the models' `_meta` and values go through the fields'
-own `get_db_prep_save`, so what is stored is what the ORM would store. Everything else stays on the ORM.
+own `get_db_prep_save`, so what is stored is what the ORM would store. Reads that return model instances
+(`instances`) are QuerySets compiled once per connection and run again with new values. Everything else
+stays on the ORM.
+
+A Telegram text message makes four trips to the database thread: the poll's batch written down (dedupe),
+everything before the model (person, question, lease, context), the answer with its ledger row, and the
+answer's Telegram ids with the update finished. The last two stay apart because the answer is stored and
+billed before it is sent, and the update is finished only once it is sent; merging them would move one of
+those guarantees.
 """
 
 # Identifiers in the SQL below come from the models' _meta and are quoted; every value is a parameter.
@@ -54,9 +62,7 @@ def _sql(name: str, vendor: str) -> str:
             f" {u['created_at']}) VALUES {{values}} ON CONFLICT ({u['bot']}, {u['update_id']}) DO NOTHING"
             f" RETURNING {u['update_id']}"
         ),
-        "update_done": (
-            f"UPDATE {u['_table']} SET {u['state']} = %s WHERE {u['bot']} = %s AND {u['update_id']} = %s"
-        ),
+        "update_done": (f"UPDATE {u['_table']} SET {u['state']} = %s WHERE {u['bot']} = %s AND {u['update_id']} = %s"),
         "reply_ids": f"UPDATE {m['_table']} SET {m['telegram_reply_ids']} = %s WHERE {m['id']} = %s",
         # The lease, taken when free or run out.
         "lease_take": (
