@@ -26,6 +26,10 @@ from harness import JARVIS_TOKEN, ROOT, AnswerWatch, Scratch, fakes, postgres_da
 from tests.fakes.telegram_server import FakeTelegram
 
 WEBHOOK_SECRET = "webhook-bench-secret-0123456789abcdef"
+# A Redis database of the bench's own: jobs the answers queue (titles, summaries) and the workers did not reach
+# before they stopped are cleared from it, so that the next run starts with an empty queue.
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/11"
+QUEUE_KEY = "django_q:jarvis:q"
 _chat_ids = itertools.count(50_000)
 
 
@@ -155,11 +159,17 @@ def run(workers: int, count: int, scratch: Scratch, telegram: FakeTelegram, env:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
+    parser.add_argument("--redis-url", default=BENCH_REDIS_URL, help="cleared of django-q2's queue only if the default")
     parser.add_argument("--database-url", help="a PostgreSQL server URL; a fresh database is made on it")
     args = parser.parse_args()
 
     with ExitStack() as stack:
+        if args.redis_url == BENCH_REDIS_URL:
+            import redis
+
+            queue = redis.Redis.from_url(args.redis_url)
+            queue.delete(QUEUE_KEY)
+            stack.callback(queue.delete, QUEUE_KEY)
         url = stack.enter_context(postgres_database(args.database_url)) if args.database_url else None
         scratch = stack.enter_context(scratch_database(url))
         telegram, openai = stack.enter_context(fakes(model_delay=0.0))
