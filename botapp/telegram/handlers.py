@@ -242,8 +242,10 @@ async def deliver_turn(
 
     async def remember(message_ids: list[int]) -> None:
         nonlocal remembered
-        if finishing:
-            return  # the whole answer's messages are remembered at its end, in one trip
+        if finishing and len(message_ids) <= 1:
+            # A one-message answer's message is remembered at its end, in one trip with the update's end; the
+            # parts of a longer one are remembered as they go out, so a restart re-sends none of them.
+            return
         try:
             await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
         except Exception as exc:
