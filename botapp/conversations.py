@@ -75,7 +75,11 @@ ToolCallback = Callable[[ToolEvent], Awaitable[None]]
 
 
 class ReplyError(Exception):
-    """No (complete) answer; `str(error)` is the sentence to show the person."""
+    """No (complete) answer; `str(error)` is the sentence to show the person, `partial` what was written before."""
+
+    def __init__(self, message: str, *, partial: str = "") -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class ReplyRefused(ReplyError):
@@ -84,10 +88,6 @@ class ReplyRefused(ReplyError):
 
 class ReplyFailed(ReplyError):
     """The model call failed or broke off; what was stored says what happened."""
-
-    def __init__(self, message: str, *, partial: str = "") -> None:
-        super().__init__(message)
-        self.partial = partial
 
 
 @dataclass

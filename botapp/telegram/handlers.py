@@ -251,8 +251,7 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
         try:
             answer = await turn_answer(turn, on_delta=stream.on_delta, on_tool=stream.on_tool)
         except ReplyError as error:
-            partial = getattr(error, "partial", "")
-            text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
+            text = f"{error.partial}\n\n⚠️ {error}" if error.partial else f"⚠️ {error}"
             ids = await stream.finish(text)
         else:
             text = answer.text or _("(The model sent an empty answer. Try /retry.)")
@@ -358,8 +357,7 @@ async def deliver_spoken(bot: ExtBot, turn: Turn, *, chat_id: int, reply_to: int
         try:
             answer = await turn_answer(turn)
         except ReplyError as error:
-            partial = getattr(error, "partial", "")
-            text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
+            text = f"{error.partial}\n\n⚠️ {error}" if error.partial else f"⚠️ {error}"
             ids = await send_parts(bot, chat_id=chat_id, text=text, reply_to=reply_to)
             await sync_to_async(services.message_reply_ids_store)(message_id=turn.reply.pk, telegram_ids=ids)
             return

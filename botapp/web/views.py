@@ -422,7 +422,7 @@ async def _end_event(item: StreamEnd) -> bytes:
         if drew_pictures(item.reply.tool_calls):
             pictures = await sync_to_async(answer_pictures)(item.reply.message.pk)
         return _done_event(item.reply, pictures)
-    partial = getattr(item.error, "partial", "")
+    partial = item.error.partial
     return _event("error", message=str(item.error), html=str(markdown_to_html(partial)) if partial else "")
 
 
