@@ -152,6 +152,16 @@ async def stats(update: Update, context: JarvisContext) -> None:
 # --- Menus --------------------------------------------------------------------------------------
 
 
+async def _menu_confirm(update: Update, confirmation: str) -> None:
+    """Say what a menu button changed, and leave that sentence in place of the menu."""
+    query = update.callback_query
+    await query.answer(confirmation)
+    try:
+        await query.edit_message_text(confirmation)
+    except BadRequest as exc:
+        logger.debug("Could not update the menu: %s", exc)
+
+
 @jarvis_handler
 async def mode(update: Update, context: JarvisContext) -> None:
     """Offer the active personas as buttons."""
@@ -192,12 +202,7 @@ async def persona_chosen(update: Update, context: JarvisContext) -> None:
         return
     conversation = await chat_conversation(update, context)
     await sync_to_async(conversation_persona_set)(conversation=conversation, persona=persona)
-    confirmation = _("Persona: %(name)s. The next answer uses it.") % {"name": persona.name}
-    await query.answer(confirmation)
-    try:
-        await query.edit_message_text(confirmation)
-    except BadRequest as exc:
-        logger.debug("Could not update the persona menu: %s", exc)
+    await _menu_confirm(update, _("Persona: %(name)s. The next answer uses it.") % {"name": persona.name})
 
 
 @jarvis_handler
@@ -256,11 +261,7 @@ async def model_chosen(update: Update, context: JarvisContext) -> None:
         confirmation = _("Model: %(model)s. The next answer uses it.") % {"model": name}
     else:
         confirmation = _("The persona's model answers again from the next message on.")
-    await query.answer(confirmation)
-    try:
-        await query.edit_message_text(confirmation)
-    except BadRequest as exc:
-        logger.debug("Could not update the model menu: %s", exc)
+    await _menu_confirm(update, confirmation)
 
 
 # --- The seed's commands, and commands Jarvis does not know -------------------------------------
