@@ -25,7 +25,7 @@ from django.utils.translation import ngettext, pgettext_lazy
 from django_q import admin as django_q_admin
 from django_q.models import Failure, Success
 
-from botapp import admin_views
+from botapp import admin_views, search
 from botapp.accounts import INVITATION_LIFETIME, invitation_issue, invitation_state
 from botapp.broadcast import BroadcastError, broadcast_create
 from botapp.documents.admin import transcript_documents
@@ -560,7 +560,8 @@ class ConversationAdmin(LargeTableAdmin):
     list_display = ["__str__", "user", "channel", "bot", "persona", "message_count", "cost", "updated_at"]
     list_filter = ["channel", "bot", "persona", "is_active", "created_at"]
     list_select_related = ["user", "bot", "persona"]
-    search_fields = ["title", "user__username", "user__telegram__username", "messages__content"]
+    # The text of messages is searched through their full-text index (get_search_results), not scanned.
+    search_fields = ["title", "user__username", "user__telegram__username"]
     search_help_text = _("Search by title, username, Telegram username or the text of any message.")
     fields = [
         "title",
@@ -583,6 +584,14 @@ class ConversationAdmin(LargeTableAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Conversation], search_term: str
+    ) -> tuple[QuerySet[Conversation], bool]:
+        return search.admin_search_results(
+            super().get_search_results, request, queryset, search_term,
+            holding=search.conversations_holding, words_or_fields=True,
+        )  # fmt: skip
 
     @admin.display(description=_("messages"), ordering="message_count")
     def message_count(self, obj: Conversation) -> int:
@@ -640,9 +649,18 @@ class MessageAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["role", "status"]
     list_select_related = ["conversation"]
-    search_fields = ["content", "=conversation__id"]
+    # The text is searched through the messages' full-text index (get_search_results), not scanned.
+    search_fields = ["=conversation__id"]
     search_help_text = _("Search the text of messages, or =ID for a conversation's messages.")
     ordering = ["-id"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
+    ) -> tuple[QuerySet[Message], bool]:
+        return search.admin_search_results(
+            super().get_search_results, request, queryset, search_term,
+            holding=search.messages_holding, words_or_fields=False,
+        )  # fmt: skip
 
     @admin.display(description=_("conversation"))
     def conversation_link(self, obj: Message) -> str:

@@ -33,6 +33,7 @@ from botapp.models import (
     UsageKind,
     UsageRecord,
 )
+from botapp.search import messages_forget
 from botapp.usage import budget_refusal, format_usd, usage_record_create
 
 logger = logging.getLogger(__name__)
@@ -417,11 +418,13 @@ def messages_retention() -> str:
             messages += deleted.get("botapp.Message", 0)
         for batch in _in_batches(list(old.values_list("id", flat=True))):
             with transaction.atomic():
+                messages_forget(within=Message.objects.filter(id__in=batch))
                 messages += Message.objects.filter(id__in=batch).delete()[0]
     else:
         pending = old.exclude(content=RETENTION_PLACEHOLDER)
         for batch in _in_batches(list(pending.values_list("id", flat=True))):
             with transaction.atomic():
+                messages_forget(within=Message.objects.filter(id__in=batch))
                 messages += Message.objects.filter(id__in=batch).update(
                     content=RETENTION_PLACEHOLDER, attachments=[], error="", sender=None, token_count=0
                 )
