@@ -23,7 +23,7 @@ from django.http import HttpRequest
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from botapp import fulltext
+from botapp import fulltext, selectors
 from botapp.models import Conversation, Message, MessageStatus
 
 MESSAGES = fulltext.FullTextIndex("botapp_message_fts")
@@ -117,19 +117,16 @@ def _found(messages: QuerySet[Message], *, user: AbstractBaseUser, query: str, l
     rows = (
         messages.filter(conversation__user=user)
         .exclude(status=MessageStatus.SUPERSEDED)
-        .select_related("conversation", "conversation__persona")
         .order_by("-conversation__updated_at", "-conversation_id", "-id")
     )
-    found: list[Found] = []
-    seen: set[int] = set()
+    first: dict[int, Message] = {}
     for message in rows.iterator(chunk_size=200):
-        if message.conversation_id in seen:
-            continue
-        seen.add(message.conversation_id)
-        found.append(Found(message.conversation, message, snippet(message.content, query)))
-        if len(found) >= limit:
+        first.setdefault(message.conversation_id, message)
+        if len(first) >= limit:
             break
-    return found
+    # The conversations as the list beside the page shows them (named by their first question when untitled).
+    listed = selectors.conversation_list(user=user).in_bulk(list(first))
+    return [Found(listed[pk], message, snippet(message.content, query)) for pk, message in first.items()]
 
 
 _WORD = re.compile(rf"([{fulltext._CJK}]+)|([^\W_{fulltext._CJK}]+)")

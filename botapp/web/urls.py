@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("c/new/", views.conversation_create, name="conversation_create"),
     path("c/new/send/", views.conversation_start_send, name="start_send"),
+    path("search/", views.conversation_search, name="search"),
     path("c/<int:pk>/", views.conversation_detail, name="conversation"),
     path("c/<int:pk>/send/", views.message_send, name="send"),
     path("c/<int:pk>/image/", views.image_send, name="image"),

@@ -51,7 +51,7 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from botapp import media, selectors
+from botapp import media, search, selectors
 from botapp.choices import ChoiceError, conversation_model_set, conversation_persona_set, model_price_label
 from botapp.conversations import (
     Reply,
@@ -111,6 +111,8 @@ USAGE_RANGES = (7, 30, 90)
 # times its own rendering time (a long answer with much code takes tens of milliseconds to render).
 RENDER_INTERVAL = 0.15
 RENDER_COST_FACTOR = 10
+# What the search box takes: enough for a sentence.
+SEARCH_MAX_CHARS = 200
 
 View = Callable[..., HttpResponse]
 
@@ -211,6 +213,21 @@ def _chat_context(request: HttpRequest, conversation: Conversation | None = None
 def home(request: HttpRequest) -> HttpResponse:
     """A new conversation: an empty, focused message box; the first message starts it. The list beside it."""
     context = _chat_context(request, title=_("New conversation"), history=[], can_send=True)
+    return render(request, "botapp/chat.html", context)
+
+
+@with_csp
+@login_required
+@require_GET
+def conversation_search(request: HttpRequest) -> HttpResponse:
+    """The person's own conversations that say what they looked for, newest first, in place of the list."""
+    query = " ".join(request.GET.get("q", "").split())[:SEARCH_MAX_CHARS]
+    if not query:
+        return redirect("web:home")
+    found = search.conversations_matching(user=request.user, query=query)
+    context = _chat_context(
+        request, title=_("New conversation"), history=[], can_send=True, search_query=query, found=found
+    )
     return render(request, "botapp/chat.html", context)
 
 
