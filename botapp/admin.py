@@ -560,7 +560,8 @@ class ConversationAdmin(LargeTableAdmin):
     list_display = ["__str__", "user", "channel", "bot", "persona", "message_count", "cost", "updated_at"]
     list_filter = ["channel", "bot", "persona", "is_active", "created_at"]
     list_select_related = ["user", "bot", "persona"]
-    # The text of messages is searched through their full-text index (get_search_results), not scanned.
+    # Searched by botapp.search (get_search_results): these fields, and the text of messages through their
+    # full-text index rather than a scan of every message.
     search_fields = ["title", "user__username", "user__telegram__username"]
     search_help_text = _("Search by title, username, Telegram username or the text of any message.")
     fields = [
@@ -588,10 +589,7 @@ class ConversationAdmin(LargeTableAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Conversation], search_term: str
     ) -> tuple[QuerySet[Conversation], bool]:
-        return search.admin_search_results(
-            super().get_search_results, request, queryset, search_term,
-            holding=search.conversations_holding, words_or_fields=True,
-        )  # fmt: skip
+        return search.conversations_admin_search(queryset, search_term), False
 
     @admin.display(description=_("messages"), ordering="message_count")
     def message_count(self, obj: Conversation) -> int:
@@ -649,7 +647,7 @@ class MessageAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["role", "status"]
     list_select_related = ["conversation"]
-    # The text is searched through the messages' full-text index (get_search_results), not scanned.
+    # Searched by botapp.search (get_search_results): `=ID`, and the text through the full-text index.
     search_fields = ["=conversation__id"]
     search_help_text = _("Search the text of messages, or =ID for a conversation's messages.")
     ordering = ["-id"]
@@ -657,10 +655,7 @@ class MessageAdmin(ReadOnlyAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
     ) -> tuple[QuerySet[Message], bool]:
-        return search.admin_search_results(
-            super().get_search_results, request, queryset, search_term,
-            holding=search.messages_holding, words_or_fields=False,
-        )  # fmt: skip
+        return search.messages_admin_search(queryset, search_term), False
 
     @admin.display(description=_("conversation"))
     def conversation_link(self, obj: Message) -> str:

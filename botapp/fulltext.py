@@ -223,10 +223,11 @@ def _size(cursor: object, index: FullTextIndex) -> int:
     return 0 if low is None else high - low + 1
 
 
-def matching_sql(index: FullTextIndex, text: str) -> tuple[str, list[str]] | None:
-    """SQL selecting the `id` and `grp` of every row that holds all the terms of `text` (None: it has none).
+def matching_sql(index: FullTextIndex, text: str, *, newest: int | None = None) -> tuple[str, list] | None:
+    """SQL selecting the `id` and `grp` of the rows that hold all the terms of `text` (None: it has none).
 
     Unranked, for a caller that filters and orders the rows itself (the admin's search boxes: newest first).
+    `newest`: only that many rows, those of the highest ids (a common term's rows are not all read).
     """
     terms = query_terms(text)
     if not terms:
@@ -234,9 +235,13 @@ def matching_sql(index: FullTextIndex, text: str) -> tuple[str, list[str]] | Non
     vendor = connection.vendor
     if vendor == "sqlite":
         expression = " AND ".join(_match(term, vendor) for term in terms)
-        return f"SELECT rowid AS id, grp FROM {index.name} WHERE {index.name} MATCH %s", [expression]  # noqa: S608
-    expression = " & ".join(_match(term, vendor) for term in terms)
-    return f"SELECT id, grp FROM {index.name} WHERE terms @@ to_tsquery('simple', %s)", [expression]  # noqa: S608
+        sql, id_column = f"SELECT rowid AS id, grp FROM {index.name} WHERE {index.name} MATCH %s", "rowid"  # noqa: S608
+    else:
+        expression = " & ".join(_match(term, vendor) for term in terms)
+        sql, id_column = f"SELECT id, grp FROM {index.name} WHERE terms @@ to_tsquery('simple', %s)", "id"  # noqa: S608
+    if newest is None:
+        return sql, [expression]
+    return f"{sql} ORDER BY {id_column} DESC LIMIT %s", [expression, newest]
 
 
 def search(
