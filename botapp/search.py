@@ -36,6 +36,12 @@ SNIPPET_LENGTH = 160
 # many as a changelist counts (EstimatedCountPaginator.CAP + 1), far more than anyone pages through. A word
 # said in every tenth message is then read in ten thousand rows of the index, not in a hundred thousand.
 ADMIN_MATCHES = 10_001
+# The conversations' search box reads fewer (each read costs a lookup of the message's conversation): the
+# conversations of the newest 2,000 messages that say the words, some forty pages of them.
+ADMIN_CONVERSATION_MATCHES = 2000
+# Found in at most this many conversations, a search lists them by id (found in more, the list is walked in
+# its order, and the first page fills quickly).
+ADMIN_FEW = 1000
 
 # --- Writing ------------------------------------------------------------------------------------
 
@@ -175,8 +181,8 @@ def snippet(text: str, query: str) -> SafeString:
 def conversations_admin_search(queryset: QuerySet[Conversation], search_term: str) -> QuerySet[Conversation]:
     """Conversations whose title or person's (Telegram) username holds each term, or whose messages say the words.
 
-    The titles and people are read as Django's search would (a few thousand rows); the words are looked up in
-    the index, among the ADMIN_MATCHES newest messages that say them, instead of scanning every message.
+    The titles and people are read as Django's search would; the words are looked up in the index, among the
+    ADMIN_CONVERSATION_MATCHES newest messages that say them, instead of scanning every message.
     """
     terms = _terms(search_term)
     if not terms:
@@ -186,8 +192,14 @@ def conversations_admin_search(queryset: QuerySet[Conversation], search_term: st
     for term in terms:
         named = people.filter(Q(username__icontains=term) | Q(telegram__username__icontains=term)).values("pk")
         fields &= Q(title__icontains=term) | Q(user__in=named)
-    holding = _ids_holding(" ".join(terms), column="grp", newest=ADMIN_MATCHES)
-    return queryset.filter(fields if holding is None else fields | Q(pk__in=holding))
+    holding = _ids_holding(" ".join(terms), column="grp", newest=ADMIN_CONVERSATION_MATCHES)
+    condition = fields if holding is None else fields | Q(pk__in=holding)
+    few = list(queryset.order_by().filter(condition).values_list("pk", flat=True)[: ADMIN_FEW + 1])
+    if len(few) <= ADMIN_FEW:
+        # A rare word: the page lists the few conversations found, rather than walk every conversation in
+        # the list's order looking for them.
+        return queryset.filter(pk__in=few)
+    return queryset.filter(condition)
 
 
 def messages_admin_search(queryset: QuerySet[Message], search_term: str) -> QuerySet[Message]:
