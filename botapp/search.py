@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.db.models.signals import pre_delete
@@ -65,28 +66,19 @@ def _forget_conversation(sender: type[Conversation], instance: Conversation, **k
 # --- Matching -----------------------------------------------------------------------------------
 
 
-def _ids_holding(text: str, *, column: str = "id", newest: int | None = None) -> RawSQL | None:
-    """A subquery of the messages (`id`) or conversations (`grp`) holding every word of `text`."""
-    matching = fulltext.matching_sql(MESSAGES, text, newest=newest)
-    if matching is None:
-        return None
-    sql, params = matching
-    # Only identifiers are formatted into the SQL; the words are parameters.
-    return RawSQL(f"SELECT {column} FROM ({sql}) AS matched", params)  # noqa: S608, S611
-
-
 def _saying(text: str) -> RawSQL | None:
     """A condition on messages: the message says every word of `text`.
 
     The unary plus keeps SQLite from starting at the index's matches (looking each message up by id): it
     starts from the person's conversations instead, and checks their messages against the matches, read once.
     """
-    ids = _ids_holding(text)
-    if ids is None:
+    matching = fulltext.matching_sql(MESSAGES, text)
+    if matching is None:
         return None
-    sql, params = ids.sql, ids.params
+    sql, params = matching
     column = f'+"{Message._meta.db_table}"."id"'
-    return RawSQL(f"{column} IN ({sql})", params, output_field=BooleanField())  # noqa: S611
+    # Only identifiers are formatted into the SQL; the words are parameters.
+    return RawSQL(f"{column} IN (SELECT id FROM ({sql}) AS matched)", params, output_field=BooleanField())  # noqa: S608, S611
 
 
 # --- A person's own search ----------------------------------------------------------------------
@@ -192,8 +184,9 @@ def conversations_admin_search(queryset: QuerySet[Conversation], search_term: st
     for term in terms:
         named = people.filter(Q(username__icontains=term) | Q(telegram__username__icontains=term)).values("pk")
         fields &= Q(title__icontains=term) | Q(user__in=named)
-    holding = _ids_holding(" ".join(terms), column="grp", newest=ADMIN_CONVERSATION_MATCHES)
-    condition = fields if holding is None else fields | Q(pk__in=holding)
+    outer = f'"{Conversation._meta.db_table}"."id"'
+    holding = _newest(" ".join(terms), outer=outer, column="grp", newest=ADMIN_CONVERSATION_MATCHES)
+    condition = fields if holding is None else fields | holding
     few = list(queryset.order_by().filter(condition).values_list("pk", flat=True)[: ADMIN_FEW + 1])
     if len(few) <= ADMIN_FEW:
         # A rare word: the page lists the few conversations found, rather than walk every conversation in
@@ -213,9 +206,32 @@ def messages_admin_search(queryset: QuerySet[Message], search_term: str) -> Quer
         queryset = queryset.filter(conversation_id=int(conversation_id))
     if words:
         # Within a conversation every match is kept: it has few messages to look through.
-        holding = _ids_holding(words, newest=None if conversations else ADMIN_MATCHES)
-        queryset = queryset.none() if holding is None else queryset.filter(pk__in=holding)
+        outer = f'"{Message._meta.db_table}"."id"'
+        holding = _saying(words) if conversations else _newest(words, outer=outer, column="id", newest=ADMIN_MATCHES)
+        queryset = queryset.none() if holding is None else queryset.filter(holding)
     return queryset
+
+
+def _newest(text: str, *, outer: str, column: str, newest: int) -> RawSQL | None:
+    """A condition: the `outer` column is the id (`id`) or conversation (`grp`) of one of the `newest` messages
+    that say every word of `text`.
+
+    On PostgreSQL they are read once and given to the list's queries as one array: as a subquery, each query
+    (the probe, the count, the page) would read them again, and the planner would join them to every message
+    of the table. SQLite reads them from the index quickly enough, newest first, in each query.
+    """
+    matching = fulltext.matching_sql(MESSAGES, text, newest=newest)
+    if matching is None:
+        return None
+    sql, params = matching
+    if connection.vendor != "postgresql":
+        # Only identifiers are formatted into the SQL; the words are parameters.
+        return RawSQL(f"{outer} IN (SELECT {column} FROM ({sql}) AS matched)", params, BooleanField())  # noqa: S608, S611
+    position = 0 if column == "id" else 1
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = list(dict.fromkeys(row[position] for row in cursor.fetchall()))
+    return RawSQL(f"{outer} = ANY(%s::bigint[])", [ids], BooleanField())  # noqa: S611
 
 
 def _terms(search_term: str) -> list[str]:

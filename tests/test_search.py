@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from botapp import tasks
+from botapp import search, tasks
 from botapp.conversations import conversation_reply
 from botapp.models import Conversation, Message, MessageStatus, Role
 from botapp.search import MESSAGES, conversations_matching, messages_index, snippet
@@ -210,8 +210,11 @@ def chats(db) -> dict[str, Conversation]:
 
 
 @pytest.mark.usefixtures("fast_passwords")
-def test_admin_conversation_search_finds_words_of_messages_in_both_languages(staff_client, chats) -> None:
-    """The conversations' search box finds message words through the index, and titles and people as before."""
+@pytest.mark.parametrize("few", [1000, 0], ids=["listed-by-id", "walked-in-order"])
+def test_admin_conversation_search_finds_words_of_messages_in_both_languages(staff_client, chats, few, monkeypatch):
+    """The conversations' search box finds message words through the index, and titles and people as before,
+    whether it lists a rare word's few conversations by id or walks the list for a common one."""
+    monkeypatch.setattr(search, "ADMIN_FEW", few)
     url = reverse("admin:botapp_conversation_changelist")
     assert listed(staff_client.get(url, {"q": "hello"})) == ["Greeting"]
     assert listed(staff_client.get(url, {"q": "年假"})) == ["假期"]
