@@ -18,6 +18,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from botapp.selectors import LEDGER_CSV_COLUMNS, usage_breakdown, usage_ledger_rows, usage_top_spenders
+from botapp.usage import format_usd
 from botapp.usage_totals import usage_daily_totals_ensure
 
 DEFAULT_DAYS = 30
@@ -136,8 +137,11 @@ def usage_dashboard(request: HttpRequest, *, model_admin: admin.ModelAdmin) -> H
     max_tokens = max((totals.tokens for totals in per_day), default=0)
     spend_chart = _chart(
         days,
-        [[(float(t.cost_usd), f"{day}: ${t.cost_usd:,.4f}", "cost")] for day, t in zip(days, per_day, strict=True)],
-        f"${max_cost:,.2f}",
+        [
+            [(float(t.cost_usd), f"{day}: {format_usd(t.cost_usd)}", "cost")]
+            for day, t in zip(days, per_day, strict=True)
+        ],
+        format_usd(max_cost),
         float(max_cost),
     )
     token_chart = _chart(

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import telegram
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
@@ -20,6 +19,7 @@ from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
 
 from botapp.models import Bot, BotUser, Broadcast
 from botapp.selectors import broadcast_recipients
+from botapp.telegram.client import bot_client
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ async def _send_one(client: telegram.Bot, pacer: _Pacer, chat_id: int, text: str
 
 async def _send_batch(*, token: str, text: str, recipients: list[tuple[int, int]]) -> BatchOutcome:
     pacer = _Pacer(MESSAGES_PER_SECOND)
-    base_url = f"{settings.TELEGRAM_API_BASE_URL}/bot"
-    async with telegram.Bot(token, base_url=base_url) as client:
+    async with bot_client(token) as client:
         results = await asyncio.gather(*(_send_one(client, pacer, chat_id, text) for _pk, chat_id in recipients))
     outcome = BatchOutcome()
     for (bot_user_id, _chat_id), result in zip(recipients, results, strict=True):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.db.models import Max, Sum
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 from botapp import llm
@@ -28,6 +29,7 @@ from botapp.models import (
     UsageKind,
     UsageRecord,
 )
+from botapp.people import person_language
 from botapp.selectors import persona_default
 from botapp.tools.records import tool_calls_interrupt, tool_calls_of
 from botapp.usage import price_in_force
@@ -93,6 +95,53 @@ def context_budget(*, model: str, max_output_tokens: int, price: ModelPrice | ob
     if price is not None and price.context_window:
         budget = min(budget, price.context_window - max_output_tokens)
     return max(budget, 0)
+
+
+def row_cost(message: Message | _Row) -> int:
+    """Tokens a stored message takes in a request: its text and the message's own overhead."""
+    return message.token_count + llm.TOKENS_PER_MESSAGE
+
+
+@dataclass
+class HistoryFit:
+    """How the stored history of a conversation measures against its context budget."""
+
+    budget: int
+    # The system messages the funnel starts the request with, and what they take.
+    head: list[dict[str, Any]]
+    head_tokens: int
+    rows: list[Message]
+
+    @property
+    def tokens(self) -> int:
+        return self.head_tokens + sum(row_cost(row) for row in self.rows)
+
+    @property
+    def overflows(self) -> bool:
+        return self.tokens > self.budget
+
+
+def history_fit(conversation: Conversation) -> HistoryFit:
+    """The messages the funnel would consider (after the summary) and whether they still fit the budget.
+
+    Measured by a worker, outside any request: the head is built in the owner's language, as the funnel sends it.
+    """
+    persona = persona_of(conversation)
+    model = conversation.effective_model
+    budget = context_budget(model=model, max_output_tokens=persona.max_output_tokens if persona else 1024)
+    rows = list(
+        Message.objects.filter(
+            conversation_id=conversation.pk,
+            id__gt=conversation.summary_until_id or 0,
+            role__in=(Role.USER, Role.ASSISTANT),
+            status__in=IN_CONTEXT,
+        )
+        .only("id", "role", "content", "attachments", "token_count")
+        .order_by("id")
+    )
+    with translation.override(person_language(user_id=conversation.user_id)):
+        head = context_head(conversation, persona)
+    return HistoryFit(budget=budget, head=head, head_tokens=llm.count_message_tokens(head, model=model), rows=rows)
 
 
 class _Row(NamedTuple):
@@ -213,7 +262,7 @@ def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool =
     picked: list[tuple[_Row, bool]] = []
     history_trimmed = False
     for row in map(_Row._make, rows):
-        cost = row.token_count + llm.TOKENS_PER_MESSAGE
+        cost = row_cost(row)
         full = with_tools and row.tool_tokens > 0
         if full and used + cost + row.tool_tokens > budget:
             full = False  # the answer's text still fits without its tool calls

@@ -13,7 +13,7 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -24,12 +24,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
-from botapp import llm, media, search
+from botapp import hot_path, llm, media, search
 from botapp.context import (
     Context,
     DocumentsNotReady,
@@ -99,6 +99,8 @@ class Turn:
     reply: Message
     # An answer left pending (a crash, a restart): the rounds it already made are carried, not made again.
     resumed: bool = False
+    # The conversation's lease was taken when the turn was stored (see `turn_accept`).
+    leased: bool = False
 
 
 @dataclass
@@ -152,8 +154,13 @@ def turn_accept(
     sender: AbstractBaseUser | None = None,
     attachments: Sequence[dict[str, Any]] = (),
     telegram_message_id: int | None = None,
+    lease_token: str = "",
 ) -> Turn:
-    """Store the user's message and a pending answer in one transaction, before anything can fail."""
+    """Store the user's message and a pending answer in one transaction, before anything can fail.
+
+    With `lease_token` the conversation's lease is taken in the same write when it is free (`Turn.leased`);
+    a conversation started with that lease (`conversation_start`) is not written again.
+    """
     text = validate_text(text, has_attachments=bool(attachments))
     model = conversation.effective_model
     now = timezone.now()
@@ -170,11 +177,17 @@ def turn_accept(
     reply = Message(
         conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.PENDING, model=model, created_at=now
     )
+    leased = bool(lease_token) and conversation.answering_token == lease_token
     with transaction.atomic():
         # One INSERT for both, question first: the answer's id follows its question's.
         Message.objects.bulk_create([user_message, reply])
-        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
-    return Turn(conversation=conversation, user_message=user_message, reply=reply)
+        if lease_token and not leased:
+            leased = hot_path.question_stored(
+                conversation_id=conversation.pk, at=now, token=lease_token, until=now + LEASE
+            )
+        elif not leased:
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    return Turn(conversation=conversation, user_message=user_message, reply=reply, leased=leased)
 
 
 @dataclass
@@ -325,17 +338,17 @@ def leases_release(*, bot: Bot) -> int:
     )
 
 
-def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None) -> Any:
+def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None, *, taken: bool = False) -> Any:
     """Take the conversation's lease, check the turn and build its context, in one trip to the database.
 
     None while another process holds the lease; a refused turn is stored as failed and the lease let go.
-    `prepare` checks and builds (the chat context by default; a picture's plan for /image turns).
+    `prepare` checks and builds (the chat context by default; a picture's plan for /image turns). `taken`:
+    the lease is held already, taken with `token` when the turn was stored.
     """
     now = timezone.now()
-    taken = Conversation.objects.filter(
-        Q(answering_until__isnull=True) | Q(answering_until__lt=now), pk=turn.conversation.pk
-    ).update(answering_until=now + LEASE, answering_token=token)
-    if not taken:
+    if not taken and not hot_path.lease_take(
+        conversation_id=turn.conversation.pk, token=token, now=now, until=now + LEASE
+    ):
         return None
     try:
         return (prepare or _check_and_build)(turn)
@@ -349,10 +362,42 @@ def _begin(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None)
         raise
 
 
+@dataclass
+class Begun:
+    """A turn begun in the trip that stored it: its lease taken and context built, or refused (and stored so)."""
+
+    token: str
+    context: Context | None = None
+    refusal: ReplyRefused | None = None
+
+
+def lease_token_new() -> str:
+    """A token to hold a conversation's lease with."""
+    return secrets.token_hex(8)
+
+
+def turn_begin(turn: Turn, *, token: str, profile: Profile | None = None) -> Begun | None:
+    """`turn_answer`'s first step, for a caller already in the database thread: None while the lease is held.
+
+    `token` took the lease when the turn was stored (`turn_accept(lease_token=...)`) if `turn.leased`;
+    `profile` is the sender's, read in the same trip. Hand the result to `turn_answer(begun=...)`.
+    """
+    if not turn.leased:
+        return None
+    try:
+        context = _begin(turn, token, partial(_check_and_build, profile=profile, current=True), taken=True)
+    except ReplyRefused as refusal:
+        return Begun(token, refusal=refusal)
+    return None if context is None else Begun(token, context)
+
+
+def lease_let_go(*, conversation_id: int, token: str) -> None:
+    """Let a conversation's lease go if `token` still holds it (a turn begun that is answered another way)."""
+    _lease_release_now(conversation_id, token)
+
+
 def _lease_release_now(conversation_id: int, token: str) -> None:
-    Conversation.objects.filter(pk=conversation_id, answering_token=token).update(
-        answering_until=None, answering_token=""
-    )
+    hot_path.lease_release(conversation_id=conversation_id, token=token)
 
 
 async def _lease_release(conversation_id: int, token: str) -> None:
@@ -366,8 +411,8 @@ def _refuse(turn: Turn, sentence: str) -> None:
         Message.objects.filter(pk=turn.reply.pk).update(status=MessageStatus.FAILED, error=sentence)
 
 
-def _check_and_build(turn: Turn) -> Context:
-    fresh, profile = _check_turn(turn)
+def _check_and_build(turn: Turn, profile: Profile | None = None, current: bool = False) -> Context:
+    fresh, profile = _check_turn(turn, profile=profile, current=current)
     toolbox = None
     if fresh.persona_id is None or fresh.has_tools:
         toolbox = toolbox_for(persona=persona_of(turn.conversation), model=turn.conversation.effective_model)
@@ -379,20 +424,28 @@ def _check_and_build(turn: Turn) -> Context:
     return context
 
 
-def _check_turn(turn: Turn) -> tuple[Conversation, Profile]:
+def conversation_checks() -> dict[str, Exists]:
+    """Annotations `_check_turn` needs on a conversation: whether its persona has tools, and documents in scope."""
+    return {
+        "has_tools": Exists(Tool.objects.filter(personas=OuterRef("persona_id"), enabled=True)),
+        "has_documents": documents_context.in_scope(),
+    }
+
+
+def _check_turn(turn: Turn, profile: Profile | None = None, current: bool = False) -> tuple[Conversation, Profile]:
     """ReplyRefused when the turn may not be answered: a message too long, a blocked person, a spent budget.
 
-    Returns the conversation as stored now (annotated `has_tools`) and the person's profile.
+    Returns the conversation as stored now (annotated `has_tools`) and the person's profile. With `current`,
+    a conversation read with `conversation_checks()` in the same trip, and the `profile` read there, are not
+    read again.
     """
-    # A background job may have titled or summarised the conversation since the turn was read.
-    has_tools = Exists(Tool.objects.filter(personas=OuterRef("persona_id"), enabled=True))
-    fresh = (
-        Conversation.objects.select_related("persona")
-        .annotate(has_tools=has_tools, has_documents=documents_context.in_scope())
-        .get(pk=turn.conversation.pk)
-    )
-    for field_name in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
-        setattr(turn.conversation, field_name, getattr(fresh, field_name))
+    if current and hasattr(turn.conversation, "has_tools"):
+        fresh = turn.conversation
+    else:
+        # A background job may have titled or summarised the conversation since the turn was read.
+        [fresh] = hot_path.instances("conversation_checked", _conversation_checked, pk=turn.conversation.pk)
+        for field_name in ("title", "summary", "summary_until_id", "model", "persona", "has_documents"):
+            setattr(turn.conversation, field_name, getattr(fresh, field_name))
     sender = turn.user_message.sender or turn.conversation.user
     if len(turn.user_message.content) > settings.MAX_MESSAGE_CHARS:
         raise ReplyRefused(
@@ -400,7 +453,7 @@ def _check_turn(turn: Turn) -> tuple[Conversation, Profile]:
             % {"length": len(turn.user_message.content), "limit": settings.MAX_MESSAGE_CHARS}
         )
     # Read again, not taken from `sender`: a block or a new budget applies from the next answer on.
-    profile = profile_for(sender)
+    profile = profile or profile_for(sender)
     if profile.is_blocked or not sender.is_active:
         raise ReplyRefused(_("Sorry, you are not allowed to use Jarvis. Please contact an admin."))
     refusal = budget_refusal(user=sender, profile=profile)
@@ -552,14 +605,7 @@ def _store_answer(
             tool_calls_interrupt(message_id=reply.pk, reason=error or _("Stopped."))
         if status == MessageStatus.FAILED and not text:
             Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=error)
-        released = {}
-        if lease_token:
-            held = Q(answering_token=lease_token)
-            released = {
-                "answering_until": Case(When(held, then=None), default=F("answering_until")),
-                "answering_token": Case(When(held, then=Value("")), default=F("answering_token")),
-            }
-        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=reply.created_at, **released)
+        hot_path.conversation_answered(conversation_id=turn.conversation.pk, at=reply.created_at, token=lease_token)
         if status == MessageStatus.COMPLETE and (not turn.conversation.title or context.history_trimmed):
             # A worker titles new conversations and summarises long ones (botapp.tasks), once this is committed.
             pk = turn.conversation.pk
@@ -777,23 +823,35 @@ class _Answering:
 
 
 async def turn_answer(
-    turn: Turn, *, on_delta: DeltaCallback | None = None, on_tool: ToolCallback | None = None
+    turn: Turn,
+    *,
+    on_delta: DeltaCallback | None = None,
+    on_tool: ToolCallback | None = None,
+    begun: Begun | None = None,
 ) -> Reply:
     """Answer a stored turn: check, build the context, stream, run the tools it asks for, store and price.
 
     `on_delta(delta, text_so_far)` sees the answer grow; `on_tool(event)` sees each tool call start and end.
     Raises ReplyError. Answers in one conversation never interleave: a lock in this process, and a lease in
-    the database (renewed while the answer is written) across processes.
+    the database (renewed while the answer is written) across processes. `begun` (see `turn_begin`): the
+    lease and context were taken in the trip that stored the turn.
     """
     conversation_id = turn.conversation.pk
-    async with _lock_for(conversation_id):
-        token = secrets.token_hex(8)
+    if begun is not None and begun.refusal is not None:
+        raise begun.refusal
+    lock = _lock_for(conversation_id)
+    if begun is not None and lock.locked():
+        # Another answer in this process comes first; this one waits for the lease like any other.
+        await asyncio.shield(_lease_release(conversation_id, begun.token))
+        begun = None
+    async with lock:
+        token = begun.token if begun is not None else secrets.token_hex(8)
+        context = begun.context if begun is not None else None
         try:
-            while True:
+            while context is None:
                 context = await sync_to_async(_begin)(turn, token)
-                if context is not None:
-                    break
-                await asyncio.sleep(LEASE_POLL_SECONDS)
+                if context is None:
+                    await asyncio.sleep(LEASE_POLL_SECONDS)
         except ReplyRefused:
             raise
         except BaseException:
@@ -886,24 +944,81 @@ def conversation_start(
     persona: Persona | None = None,
     title: str = "",
     voice_answers: bool | None = None,
+    replace_active: bool = True,
+    lease_token: str = "",
 ) -> Conversation:
-    """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept)."""
+    """Start a conversation; in a Telegram chat it replaces the active one (the old one is kept).
+
+    `replace_active=False`: the caller just saw that the chat has none. With `lease_token` it starts with its
+    lease held (for the turn about to be stored in it).
+    """
     if persona is None:
         persona = persona_default(bot=bot)
+    conversation = Conversation(
+        user=user,
+        channel=channel,
+        bot=bot,
+        telegram_chat_id=telegram_chat_id,
+        persona=persona,
+        title=title,
+        voice_answers=voice_answers,
+    )
+    if lease_token:
+        conversation.answering_until, conversation.answering_token = timezone.now() + LEASE, lease_token
+    if telegram_chat_id is None or not replace_active:
+        # Inside a caller's transaction a savepoint keeps a conflict (a chat started meanwhile) recoverable.
+        with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
+            conversation.save(force_insert=True)
+        return conversation
     with transaction.atomic():
-        if telegram_chat_id is not None:
-            Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(
-                is_active=False
-            )
-        return Conversation.objects.create(
-            user=user,
-            channel=channel,
-            bot=bot,
-            telegram_chat_id=telegram_chat_id,
-            persona=persona,
-            title=title,
-            voice_answers=voice_answers,
+        Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(is_active=False)
+        conversation.save(force_insert=True)
+    return conversation
+
+
+def chat_conversation(
+    *, bot: Bot, telegram_chat_id: int, user: AbstractBaseUser, checks: bool = False, lease_token: str = ""
+) -> tuple[Conversation, bool]:
+    """The active conversation of a Telegram chat, started on first contact; and whether this call started it.
+
+    The bot and the person are the ones the caller has in hand, so they are not read again. `checks`: read
+    with `conversation_checks()`; `lease_token`: a conversation started here starts with its lease held.
+    """
+    active = Conversation.objects.select_related("persona").filter(
+        bot=bot, telegram_chat_id=telegram_chat_id, is_active=True
+    )
+    if checks:
+        found = hot_path.instances(
+            "chat_conversation_checked", _chat_conversation_checked, bot_id=bot.pk, telegram_chat_id=telegram_chat_id
         )
+        conversation = found[0] if found else None
+    else:
+        conversation = active.first()
+    started = conversation is None
+    if conversation is None:
+        try:
+            conversation = conversation_start(
+                user=user, channel=Channel.TELEGRAM, bot=bot, telegram_chat_id=telegram_chat_id,
+                replace_active=False, lease_token=lease_token,
+            )  # fmt: skip
+        except IntegrityError:
+            # Two first messages in a new chat at once: the other one started it.
+            conversation, started = active.get(), False
+    conversation.bot = bot
+    if conversation.user_id == user.pk:
+        conversation.user = user
+    return conversation, started
+
+
+def _chat_conversation_checked(*, bot_id: int, telegram_chat_id: int) -> QuerySet[Conversation]:
+    active = Conversation.objects.select_related("persona").filter(
+        bot_id=bot_id, telegram_chat_id=telegram_chat_id, is_active=True
+    )
+    return active.annotate(**conversation_checks()).order_by("pk")[:1]
+
+
+def _conversation_checked(*, pk: int) -> QuerySet[Conversation]:
+    return Conversation.objects.select_related("persona").annotate(**conversation_checks()).filter(pk=pk)
 
 
 def conversation_for_chat(*, bot: Bot, telegram_chat_id: int, user: AbstractBaseUser) -> Conversation:
@@ -911,22 +1026,7 @@ def conversation_for_chat(*, bot: Bot, telegram_chat_id: int, user: AbstractBase
 
     The bot and the person are the ones the caller has in hand, so they are not read again.
     """
-    active = Conversation.objects.select_related("persona").filter(
-        bot=bot, telegram_chat_id=telegram_chat_id, is_active=True
-    )
-    conversation = active.first()
-    if conversation is None:
-        try:
-            conversation = conversation_start(
-                user=user, channel=Channel.TELEGRAM, bot=bot, telegram_chat_id=telegram_chat_id
-            )
-        except IntegrityError:
-            # Two first messages in a new chat at once: the other one started it.
-            conversation = active.get()
-    conversation.bot = bot
-    if conversation.user_id == user.pk:
-        conversation.user = user
-    return conversation
+    return chat_conversation(bot=bot, telegram_chat_id=telegram_chat_id, user=user)[0]
 
 
 # --- Voice --------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from botapp.models import (
     UsageStatus,
 )
 from botapp.search import messages_index
-from botapp.tasks import TITLE_PROMPT
+from botapp.summaries import TITLE_PROMPT
 from botapp.usage import price_in_force, usage_record_price
 
 Progress = Callable[[int, int], None]
@@ -477,7 +477,7 @@ def _title_records(
     now: datetime,
     rng: random.Random,
 ) -> list[UsageRecord]:
-    """A title row per conversation, like botapp/tasks.py's title job: the chat model, no message, a short answer."""
+    """A title row per conversation, like botapp.summaries' title job: the chat model, no message, a short answer."""
     records = []
     for index, conversation, model, input_tokens in titles:
         # The job is queued when the answer is stored and runs a few seconds later.

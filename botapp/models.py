@@ -464,7 +464,9 @@ class ModelImagePrice(models.Model):
         constraints = [models.UniqueConstraint(fields=["price", "size", "quality"], name="one_price_per_picture_kind")]
 
     def __str__(self) -> str:
-        return f"{self.size} {self.quality or '*'}: ${self.usd_per_image}"
+        from botapp.usage import format_usd  # botapp.usage reads these models
+
+        return f"{self.size} {self.quality or '*'}: {format_usd(self.usd_per_image)}"
 
 
 class UsageKind(models.TextChoices):
@@ -564,7 +566,9 @@ class UsageRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.model} ${self.cost_usd}"
+        from botapp.usage import format_usd  # botapp.usage reads these models
+
+        return f"{self.kind} {self.model} {format_usd(self.cost_usd)}"
 
     def save(self, *args: object, **kwargs: object) -> None:
         if self.pk is not None and not self._state.adding:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
-from botapp.models import Profile, TelegramIdentity
+from botapp.models import Bot, BotUser, Profile, TelegramIdentity
 from botapp.storable import storable_text
+
+
+def language_for(code: str | None) -> str:
+    """The interface language for a language code: Simplified Chinese for any Chinese, else English."""
+    return "zh-hans" if (code or "").lower().startswith("zh") else "en"
+
+
+def person_language(*, user_id: int) -> str:
+    """The language Jarvis speaks to a person in: their Telegram app's, else their profile's, else English."""
+    code = TelegramIdentity.objects.filter(user_id=user_id).values_list("language_code", flat=True).first()
+    if code is None:
+        code = Profile.objects.filter(user_id=user_id).values_list("language_code", flat=True).first()
+    return language_for(code)
 
 
 def _names(
@@ -30,13 +42,19 @@ def telegram_identity_sync(
     last_name: str | None = None,
     language_code: str | None = None,
     identities: QuerySet[TelegramIdentity] | None = None,
+    member_of: Bot | None = None,
+    found: TelegramIdentity | object | None = ...,
 ) -> TelegramIdentity:
     """The Telegram identity (with its `user`), created with a user and a profile on first contact.
 
     Names are refreshed when they change. `identities` may add to the read (annotations, related rows).
+    A person created here for `member_of` joins that bot in the same transaction (`member_id` is set).
+    `found`: the identity (or None) the caller has just read, so it is not read again.
     """
     queryset = identities if identities is not None else TelegramIdentity.objects.all()
-    identity = queryset.select_related("user").filter(telegram_id=telegram_id).first()
+    if found is ...:
+        found = queryset.select_related("user").filter(telegram_id=telegram_id).first()
+    identity = found
     fields = _names(username, first_name, last_name, language_code)
     if identity is not None:
         changed = [name for name, value in fields.items() if getattr(identity, name) != value]
@@ -53,25 +71,10 @@ def telegram_identity_sync(
             user.save()
             identity = TelegramIdentity.objects.create(user=user, telegram_id=telegram_id, **fields)
             Profile.objects.create(user=user, language_code=fields["language_code"])
+            if member_of is not None:
+                identity.member_id = BotUser.objects.create(bot=member_of, identity=identity).pk
+                identity.member_blocked_at = None
     except IntegrityError:
         # Two updates from a new person at once: the other one created the identity first.
         return queryset.select_related("user").get(telegram_id=telegram_id)
     return identity
-
-
-def telegram_user_sync(
-    *,
-    telegram_id: int,
-    username: str | None = None,
-    first_name: str | None = None,
-    last_name: str | None = None,
-    language_code: str | None = None,
-) -> AbstractBaseUser:
-    """The `User` behind a Telegram account, created on first contact; names are refreshed when they change."""
-    return telegram_identity_sync(
-        telegram_id=telegram_id,
-        username=username,
-        first_name=first_name,
-        last_name=last_name,
-        language_code=language_code,
-    ).user

@@ -17,6 +17,7 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 
 from botapp.models import Bot, Conversation, Profile
 from botapp.selectors import conversations_for_export
+from botapp.telegram.client import bot_client
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,9 @@ class TokenCheckError(Exception):
     """The Bot API did not accept the token; `str(error)` is the sentence to show the admin."""
 
 
-def _api_base_url() -> str:
-    return f"{settings.TELEGRAM_API_BASE_URL}/bot"
-
-
 async def _get_me(token: str) -> telegram.User:
     # Initialising the client is itself the getMe call; `client.bot` is its answer.
-    async with telegram.Bot(token, base_url=_api_base_url()) as client:
+    async with bot_client(token) as client:
         return client.bot
 
 

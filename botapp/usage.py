@@ -268,11 +268,17 @@ def _period_bounds(now: datetime) -> tuple[datetime, datetime, datetime, datetim
     return day_start, day_end, month_start, month_end
 
 
-def spent_between(*, user: AbstractBaseUser, start: datetime, end: datetime | None = None) -> Decimal:
-    rows = UsageRecord.objects.filter(user=user, created_at__gte=start)
-    if end is not None:
-        rows = rows.filter(created_at__lt=end)
-    return rows.aggregate(total=Sum("cost_usd"))["total"] or Decimal("0")
+def _limits(profile: Profile) -> tuple[Decimal | None, Decimal | None]:
+    """The person's daily and monthly limits (None: no limit), their own or the site's defaults."""
+    if profile.unlimited_budget:
+        return None, None
+    daily = profile.daily_budget_usd
+    if daily is None:
+        daily = _default(settings.DEFAULT_DAILY_BUDGET_USD)
+    monthly = profile.monthly_budget_usd
+    if monthly is None:
+        monthly = _default(settings.DEFAULT_MONTHLY_BUDGET_USD)
+    return daily, monthly
 
 
 def budget_periods(
@@ -282,15 +288,7 @@ def budget_periods(
     now = now or timezone.now()
     profile = profile or profile_for(user)
     day_start, day_end, month_start, month_end = _period_bounds(now)
-    if profile.unlimited_budget:
-        daily = monthly = None
-    else:
-        daily = profile.daily_budget_usd
-        if daily is None:
-            daily = _default(settings.DEFAULT_DAILY_BUDGET_USD)
-        monthly = profile.monthly_budget_usd
-        if monthly is None:
-            monthly = _default(settings.DEFAULT_MONTHLY_BUDGET_USD)
+    daily, monthly = _limits(profile)
     # Both sums in one query: the month contains the day.
     totals = UsageRecord.objects.filter(user=user, created_at__gte=min(day_start, month_start)).aggregate(
         day=Sum("cost_usd", filter=Q(created_at__gte=day_start)),
@@ -319,6 +317,9 @@ def budget_refusal(
 ) -> str | None:
     """A sentence saying which budget is spent and when it resets, or None if the person may spend."""
     now = now or timezone.now()
+    profile = profile or profile_for(user)
+    if _limits(profile) == (None, None):
+        return None  # nothing to exceed: the ledger is not summed
     for period in budget_periods(user=user, now=now, profile=profile):
         if period.exhausted:
             resets = timezone.localtime(period.resets)

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
+from django.utils import translation
 
 from botapp.defaults import seed_defaults, seed_media_prices
 from botapp.models import ModelImagePrice, ModelPrice, Persona, Tool
@@ -64,3 +65,10 @@ def _close_worker_connections() -> Iterator[None]:
     """Close the connection `sync_to_async` opened in its worker thread, so the test database can be dropped."""
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture(autouse=True)
+def _language_reset() -> Iterator[None]:
+    """A request through the test client leaves its language active in this thread: the next test starts in English."""
+    yield
+    translation.deactivate()

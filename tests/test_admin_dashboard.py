@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from botapp.models import Channel, UsageKind, UsageRecord
-from botapp.usage import price_in_force, usage_record_create
+from botapp.usage import format_usd, price_in_force, usage_record_create
 from tests.admin_support import (  # noqa: F401  (fixtures)
     assert_login_page,
     fast_passwords_fixture,
@@ -102,7 +102,7 @@ def test_dashboard_totals_match_the_known_ledger(staff_client, ledger, django_as
         ("bob", cost["bob_mini"]),
     ]
     page = response.content.decode()
-    assert f"${breakdown.total.cost_usd:,.4f}" in page
+    assert format_usd(breakdown.total.cost_usd) in page
     assert page.count('class="usage-chart"') == 2
     # The spend chart's bars are to scale: yesterday (the most expensive day) fills the plot.
     bars = response.context["spend_chart"].bars

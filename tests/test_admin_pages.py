@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from botapp.admin import EstimatedCountPaginator
+from botapp.admin.base import EstimatedCountPaginator
 from botapp.models import (
     BotUser,
     Broadcast,
@@ -286,7 +286,7 @@ def test_conversation_page_reads_like_a_transcript(staff_client, world) -> None:
     assert [message.pk for message in transcript] == list(chat.messages.order_by("id").values_list("pk", flat=True))
     cost = UsageRecord.objects.get(message=second).cost_usd
     assert transcript[-1].cost == cost
-    assert f"${cost:.6f}" in page
+    assert format_usd(cost) in page
     assert "300 in / 20 out tokens" in page
     assert response.context["conversation_cost"] == sum(
         r.cost_usd for r in UsageRecord.objects.filter(conversation=chat)

@@ -16,9 +16,11 @@ from playwright.sync_api import Page, expect
 from botapp.documents.models import Document, DocumentState, MessageExcerpt
 from botapp.models import Message, Role
 from tests.asgi_server import ROOT, AsgiServer, database_url_for_tests
-from tests.browser_support import browser_fixture, page, sign_in  # noqa: F401 - fixtures
+from tests.browser_support import sign_in
 from tests.documents_support import make_encrypted_pdf, make_pdf
 from tests.factories import UserFactory
+
+pytest_plugins = ["tests.browser_support"]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,7 +68,7 @@ def open_new_conversation(tab: Page, server: AsgiServer, username: str) -> None:
     expect(tab.locator("#composer")).to_be_visible()
 
 
-def test_attach_a_pdf_ask_about_it_and_see_the_sources(page, asgi_server, fake_openai, worker):  # noqa: F811 - `page` is the imported fixture
+def test_attach_a_pdf_ask_about_it_and_see_the_sources(page, asgi_server, fake_openai, worker):
     """Attach uploads a PDF; its chip follows the worker to "ready"; the answer cites it, after a reload too."""
     open_new_conversation(page, asgi_server, "grace")
     pdf = make_pdf(["Contents.", "Refunds: tickets are refunded in full up to 48 hours before the show."])
@@ -92,7 +94,7 @@ def test_attach_a_pdf_ask_about_it_and_see_the_sources(page, asgi_server, fake_o
     expect(page.locator(".msg-assistant .document-sources")).to_have_text("Sources: [1] tickets.pdf")
 
 
-def test_drop_files_on_the_page(page, asgi_server, fake_openai, worker):  # noqa: F811 - `page` is the imported fixture
+def test_drop_files_on_the_page(page, asgi_server, fake_openai, worker):
     """Dropping files on the conversation uploads them; a file Jarvis cannot read says why, in its chip."""
     open_new_conversation(page, asgi_server, "hedy")
     files = page.evaluate_handle(
@@ -121,7 +123,7 @@ def test_drop_files_on_the_page(page, asgi_server, fake_openai, worker):  # noqa
     expect(page.locator(".msg-assistant.status-complete .document-sources")).to_contain_text("notes.md", timeout=30_000)
 
 
-def test_a_file_jarvis_cannot_take_is_refused_in_the_page(page, asgi_server, fake_openai):  # noqa: F811 - `page` is the imported fixture
+def test_a_file_jarvis_cannot_take_is_refused_in_the_page(page, asgi_server, fake_openai):
     """An executable is refused before it is stored, with a sentence above the message box."""
     open_new_conversation(page, asgi_server, "radia")
     page.set_input_files(

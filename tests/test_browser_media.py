@@ -10,8 +10,10 @@ from playwright.sync_api import Page, expect
 
 from botapp.models import MediaFile, MediaKind, UsageKind, UsageRecord
 from tests.asgi_server import AsgiServer
-from tests.browser_support import browser_fixture, page, screenshot_path, sign_in  # noqa: F401 (fixtures)
+from tests.browser_support import screenshot_path, sign_in
 from tests.factories import UserFactory
+
+pytest_plugins = ["tests.browser_support"]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,7 +38,7 @@ def poll(check: Callable[[], Any], timeout: float = 30.0) -> Any:
     return value
 
 
-def test_draw_change_listen_and_reload_in_chromium(page: Page, asgi_server, fake_openai, media_root, tmp_path):  # noqa: F811
+def test_draw_change_listen_and_reload_in_chromium(page: Page, asgi_server, fake_openai, media_root, tmp_path):
     """A person draws with /image, changes the picture, listens to an answer, reloads and finds it all kept."""
     UserFactory(username="cleo")
     sign_in(page, asgi_server, "cleo")

@@ -7,13 +7,13 @@ from playwright.sync_api import expect
 
 from botapp.models import ToolCall
 from tests.asgi_server import AsgiServer
-from tests.browser_support import browser_fixture, page, screenshot_path, sign_in  # noqa: F401 (fixtures)
+from tests.browser_support import screenshot_path, sign_in
 from tests.factories import UserFactory
 from tests.fakes.openai_server import Behaviour
 from tests.fakes.tool_servers import ARTICLE_TITLE
 from tests.tools_helpers import BUILTINS, persona_with_tools
 
-pytest_plugins = ["tests.tools_support"]
+pytest_plugins = ["tests.browser_support", "tests.tools_support"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -25,7 +25,7 @@ def tools_asgi_server(django_db_setup, openai_server, web_server) -> Iterator[As
         yield server
 
 
-def test_tool_steps_stream_in_collapse_and_survive_a_reload(page, tools_asgi_server, fake_openai, fake_web, tmp_path):  # noqa: F811
+def test_tool_steps_stream_in_collapse_and_survive_a_reload(page, tools_asgi_server, fake_openai, fake_web, tmp_path):
     """Each call is a step that appears while the answer is written; it opens to its links; sources follow."""
     UserFactory(username="grace")
     persona_with_tools(*BUILTINS)
@@ -69,7 +69,7 @@ def test_tool_steps_stream_in_collapse_and_survive_a_reload(page, tools_asgi_ser
     expect(page.locator(".msg-assistant .sources a")).to_have_attribute("href", article)
 
 
-def test_a_failed_step_shows_its_sentence(page, tools_asgi_server, fake_openai, fake_web):  # noqa: F811
+def test_a_failed_step_shows_its_sentence(page, tools_asgi_server, fake_openai, fake_web):
     """A refused address is a red step that opens to the sentence saying why."""
     UserFactory(username="hopper")
     persona_with_tools(*BUILTINS)

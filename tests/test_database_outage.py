@@ -21,7 +21,7 @@ from django_q.conf import Conf
 from botapp.conversations import conversation_for_chat, turn_accept
 from botapp.database import database_wait
 from botapp.models import Conversation, Message, MessageStatus, ProcessedUpdate, Role, UsageKind, UsageRecord
-from botapp.people import telegram_user_sync
+from botapp.people import telegram_identity_sync
 from botapp.telegram import application as telegram_application
 from botapp.telegram.webhook import SECRET_HEADER, webhook_secret
 from tests.factories import BotFactory
@@ -160,7 +160,7 @@ async def test_an_answer_left_pending_is_answered_without_a_restart(jarvis: Runn
 
     @sync_to_async
     def stuck_turn() -> None:
-        user = telegram_user_sync(telegram_id=1305, first_name="Tester", language_code="en")
+        user = telegram_identity_sync(telegram_id=1305, first_name="Tester", language_code="en").user
         conversation = conversation_for_chat(bot=jarvis.bot, telegram_chat_id=1305, user=user)
         turn_accept(conversation=conversation, text="left behind", telegram_message_id=1)
 

@@ -11,9 +11,9 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from botapp import llm
-from botapp.conversations import ReplyRefused, _begin, _store_answer
-from botapp.models import BotUser, Conversation, MessageStatus, Profile, UsageRecord
+from botapp import hot_path, llm
+from botapp.conversations import ReplyRefused, _begin, _chat_conversation_checked, _store_answer
+from botapp.models import BotUser, Conversation, MessageStatus, ProcessedUpdate, Profile, UsageRecord
 from botapp.telegram import services
 from tests.factories import BotFactory
 
@@ -121,3 +121,69 @@ def test_a_refused_turn_lets_the_lease_go(bot):
     assert conversation.answering_until is None
     turn.reply.refresh_from_db()
     assert turn.reply.status == MessageStatus.FAILED
+
+
+def test_updates_are_written_down_once_in_one_statement(bot, django_assert_num_queries):
+    """A batch is one INSERT; what was written before comes back as a redelivery, the rest as new."""
+    with django_assert_num_queries(1):
+        assert services.updates_record(bot_id=bot.pk, updates=[(1, {"update_id": 1}), (2, {"update_id": 2})]) == [1, 2]
+    assert services.updates_record(bot_id=bot.pk, updates=[(2, {"update_id": 2}), (3, {"update_id": 3})]) == [3]
+    assert not services.update_record(bot_id=bot.pk, update_id=3, payload={"update_id": 3})
+    assert ProcessedUpdate.objects.get(bot=bot, update_id=1).payload == {"update_id": 1}
+
+
+def test_a_question_stored_takes_a_free_lease_and_leaves_a_held_one(bot):
+    """Storing with a lease token takes the lease when nobody holds it; a holder's lease stays theirs."""
+    person = contact(bot)
+    first = services.chat_message_accept(
+        bot=person.bot, telegram_chat_id=PERSON["telegram_id"], user=person.user, telegram_message_id=1, text="Hi",
+        lease_token="mine",
+    ).turn  # fmt: skip
+    assert first.leased
+    conversation = Conversation.objects.get(pk=first.conversation.pk)
+    assert conversation.answering_token == "mine" and conversation.answering_until is not None
+    before = conversation.updated_at
+    second = services.chat_message_accept(
+        bot=person.bot, telegram_chat_id=PERSON["telegram_id"], user=person.user, telegram_message_id=2, text="Hi",
+        lease_token="yours",
+    ).turn  # fmt: skip
+    conversation.refresh_from_db()
+    assert not second.leased and conversation.answering_token == "mine" and conversation.updated_at >= before
+
+
+def test_a_read_compiled_once_gives_what_the_orm_gives(bot):
+    """The chat's conversation read through the compiled query is the ORM's: fields, persona and annotations."""
+    person = contact(bot)
+    accept(bot, person, 1)
+    conversation = Conversation.objects.get(bot=bot, telegram_chat_id=PERSON["telegram_id"])
+    for _ in range(2):  # compiled the first time, reused the second
+        [read] = hot_path.instances(
+            "chat_conversation_checked", _chat_conversation_checked, bot_id=bot.pk,
+            telegram_chat_id=PERSON["telegram_id"],
+        )  # fmt: skip
+        assert (read.pk, read.updated_at, read.persona_id) == (
+            conversation.pk,
+            conversation.updated_at,
+            conversation.persona_id,
+        )
+        assert read.persona == conversation.persona and read.has_tools in (True, False) and read.has_documents is False
+    assert (
+        hot_path.instances("chat_conversation_checked", _chat_conversation_checked, bot_id=bot.pk, telegram_chat_id=1)
+        == []
+    )
+
+
+def test_a_spent_budget_refuses_the_turn_in_the_trip_that_stores_it(bot):
+    """Taken in one trip, a turn over budget is stored as failed with the sentence, and the lease is free."""
+    person = contact(bot)
+    Profile.objects.filter(user=person.user).update(daily_budget_usd=Decimal("0"))
+    taken = services.chat_message_take(
+        bot_id=bot.pk, telegram_id=PERSON["telegram_id"], username="ada", first_name="Ada", last_name="L",
+        language_code="en", telegram_chat_id=PERSON["telegram_id"], telegram_message_id=1, text="Hello",
+        first_delivery=True,
+    )  # fmt: skip
+    assert taken.begun is not None and taken.begun.refusal is not None and taken.begun.context is None
+    turn = taken.accepted.turn
+    turn.reply.refresh_from_db()
+    assert turn.reply.status == MessageStatus.FAILED
+    assert Conversation.objects.get(pk=turn.conversation.pk).answering_until is None

@@ -326,7 +326,7 @@ def test_per_picture_prices_are_shown_and_edited_in_the_admin(db):
     staff = client_for(UserFactory(is_staff=True, is_superuser=True))
     price = ModelPrice.objects.get(model="dall-e-3")
     page = staff.get(reverse("admin:botapp_modelprice_change", args=[price.pk])).content.decode()
-    assert "1024x1024 hd: $0.080000" in page and f"?price__id__exact={price.pk}" in page
+    assert "1024x1024 hd: $0.08" in page and f"?price__id__exact={price.pk}" in page
     row = ModelImagePrice.objects.get(price=price, size="1024x1024", quality="standard")
     form = {"price": price.pk, "size": "1024x1024", "quality": "standard", "usd_per_image": "0.050"}
     assert staff.post(reverse("admin:botapp_modelimageprice_change", args=[row.pk]), form).status_code == 302

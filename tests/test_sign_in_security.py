@@ -23,8 +23,9 @@ from botapp.usage import usage_record_create
 from botapp.web.views import CONTENT_SECURITY_POLICY
 from tests.admin_support import fast_passwords_fixture  # noqa: F401  (fixture)
 from tests.asgi_server import AsgiServer
-from tests.browser_support import browser_fixture  # noqa: F401  (fixture)
 from tests.factories import ConversationFactory, UserFactory
+
+pytest_plugins = ["tests.browser_support"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"

@@ -9,21 +9,25 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import async_to_sync
 from django.db.models import Sum
-from django.utils import timezone
+from django.utils import timezone, translation
 from django_q.conf import Conf
 from django_q.models import Schedule, Task
 from django_q.tasks import async_task
 
 from botapp import llm, tasks
+from botapp.context import history_fit
 from botapp.conversations import conversation_reply
 from botapp.models import (
+    Channel,
     Conversation,
     Message,
     ProcessedUpdate,
     Role,
+    TelegramIdentity,
     UsageKind,
     UsageRecord,
 )
+from botapp.retention import RETENTION_PLACEHOLDER
 from botapp.schedules import PERIODIC, schedules_ensure
 from botapp.usage import cost_of, format_usd, price_in_force, usage_record_create
 from tests.factories import BotFactory, ConversationFactory, UserFactory
@@ -204,6 +208,24 @@ def test_the_next_answer_uses_the_summary_instead_of_the_old_messages(fake_opena
     assert history[0].content not in sent and history[-1].content in sent
 
 
+def test_the_summary_job_measures_the_translated_head_the_funnel_sends(fake_openai, settings):
+    """For a person whose Telegram speaks Chinese, the job counts the same translated summary heading the model got."""
+    settings.CONTEXT_TOKEN_BUDGET = 4000
+    person = UserFactory()
+    TelegramIdentity.objects.create(user=person, telegram_id=8801, language_code="zh-hans")
+    conversation = ConversationFactory(user=person, channel=Channel.TELEGRAM, summary="用户在学习数字。")
+    # The Telegram adapter answers this person in their language (botapp.telegram.handlers).
+    with translation.override("zh-hans"):
+        async_to_sync(conversation_reply)(conversation=conversation, text="第一个问题是什么？")
+
+    sent = fake_openai.chat_requests()[0].body["messages"]
+    head = sent[: [m["role"] for m in sent].index("user")]
+    assert head[-1]["content"] == "之前对话的摘要：\n用户在学习数字。"
+    fit = history_fit(conversation)
+    assert fit.head == head
+    assert fit.head_tokens == llm.count_message_tokens(head, model=conversation.effective_model)
+
+
 def test_a_complete_answer_queues_the_title_and_summary_jobs(fake_openai, settings, django_capture_on_commit_callbacks):
     """The funnel queues the follow-ups after commit; a long untitled chat ends up titled and summarised."""
     settings.CONTEXT_TOKEN_BUDGET = 300
@@ -291,6 +313,25 @@ def test_an_admin_who_blocked_the_bot_does_not_stop_the_report(telegram, setting
     assert telegram.messages(TOKEN, 333) == [] and len(telegram.messages(TOKEN, 444)) == 1
 
 
+def test_the_report_waits_out_flood_control(telegram, settings):
+    """A 429 from the Bot API is waited out as Telegram asks, and the admin still gets the report."""
+    telegram.reset()
+    telegram.add_bot(TOKEN)
+    settings.TELEGRAM_API_BASE_URL = telegram.root_url
+    settings.ADMIN_TELEGRAM_IDS = ["555"]
+    BotFactory(name="default", token=TOKEN)
+    telegram.fail_next("sendMessage", status=429, retry_after=1, chat_id=555)
+
+    outcome = tasks.spend_report_send()
+
+    assert "sent to 1 of 1" in outcome
+    calls = [call for call in telegram.calls("sendMessage") if call.chat_id == 555]
+    assert [call.status for call in calls] == [429, 200]
+    assert calls[1].time - calls[0].time >= 0.95
+    [message] = telegram.messages(TOKEN, 555)
+    assert "Jarvis spend report" in message.text
+
+
 def test_no_report_without_admins_or_bot(settings):
     """Missing settings are named in the outcome rather than raised."""
     settings.ADMIN_TELEGRAM_IDS = []
@@ -371,13 +412,13 @@ def test_retention_anonymise_blanks_old_text_and_keeps_the_rows(old_and_new, set
 
     contents = dict(Message.objects.values_list("id", "content"))
     assert contents[old_and_new["new"].id] == "a fresh question"
-    assert contents[old_and_new["old"].id] == tasks.RETENTION_PLACEHOLDER
-    assert list(contents.values()).count(tasks.RETENTION_PLACEHOLDER) == 2
+    assert contents[old_and_new["old"].id] == RETENTION_PLACEHOLDER
+    assert list(contents.values()).count(RETENTION_PLACEHOLDER) == 2
     abandoned = Conversation.objects.get(pk=old_and_new["abandoned"].pk)
     assert (abandoned.title, abandoned.summary) == ("", "")
     assert Conversation.objects.get(pk=old_and_new["living"].pk).summary == ""
     assert ledger_state() == before
-    assert Message.objects.filter(sender__isnull=False, content=tasks.RETENTION_PLACEHOLDER).count() == 0
+    assert Message.objects.filter(sender__isnull=False, content=RETENTION_PLACEHOLDER).count() == 0
 
 
 def test_an_unknown_retention_mode_fails_with_a_sentence(old_and_new, settings):

@@ -6,6 +6,7 @@ import logging
 import pytest
 from asgiref.sync import sync_to_async
 
+from botapp.context import history_fit
 from botapp.models import Conversation, Message, MessageStatus, Role, UsageRecord
 from botapp.telegram import delivery
 from tests.fakes.openai_server import Behaviour
@@ -270,3 +271,20 @@ async def test_a_failing_handler_is_logged_and_the_person_told(jarvis: Running, 
     assert "something went wrong" in answer.text
     [record] = [r for r in caplog.records if r.name == "botapp.telegram.handlers"]
     assert "could not be handled" in record.getMessage() and record.exc_info is not None
+
+
+async def test_the_summary_job_measures_the_translated_head_the_bot_sent(jarvis: Running):
+    """A person whose Telegram speaks Chinese: the summary job measures the very head (Chinese heading) sent."""
+    jarvis.telegram.push_text(TOKEN, 521, "你好", language_code="zh-hans")
+    await jarvis.answered(521, 1)
+    await Conversation.objects.filter(telegram_chat_id=521).aupdate(summary="用户在学习数字。")
+    jarvis.telegram.push_text(TOKEN, 521, "第一个问题是什么？", language_code="zh-hans")
+    await jarvis.answered(521, 2)
+
+    [request] = [r for r in jarvis.openai.chat_requests() if r.body["messages"][-1]["content"] == "第一个问题是什么？"]
+    sent = request.body["messages"]
+    head = sent[: [message["role"] for message in sent].index("user")]
+    assert head[-1] == {"role": "system", "content": "之前对话的摘要：\n用户在学习数字。"}
+    conversation = await Conversation.objects.select_related("user", "persona").aget(telegram_chat_id=521)
+    fit = await sync_to_async(history_fit)(conversation)
+    assert fit.head == head

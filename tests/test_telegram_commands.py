@@ -1,11 +1,17 @@
 """The bot's commands in English and Simplified Chinese, inline mode, and the command menu."""
 
+from decimal import Decimal
+
 import pytest
 from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
 
 from botapp.crypto import token_digest
 from botapp.models import Conversation, MessageStatus, ModelPrice, Persona, Role, TelegramLinkCode, WebSignInLink
-from tests.factories import PersonaFactory
+from botapp.usage import profile_for
+from tests.factories import PersonaFactory, UserFactory
 from tests.fakes.openai_server import Behaviour
 from tests.telegram_support import TOKEN, USERNAME, Running
 
@@ -91,6 +97,31 @@ async def test_stats_shows_tokens_cost_and_budget(jarvis: Running, settings):
     assert stats.count("1,500 tokens, $0.00045") == 3, stats
     assert "$0.9996 left of $1.00" in stats or "$0.9995 left of $1.00" in stats, stats
     assert "unlimited" in stats  # no monthly budget
+
+
+async def test_a_tenth_of_a_cent_budget_reads_the_same_in_stats_the_page_and_the_admin(jarvis: Running):
+    """A $0.001 daily budget reads "$0.001" in /stats, on the person's usage page and in the admin's people list."""
+    jarvis.telegram.push_text(TOKEN, 616, "/stats")
+    await jarvis.answered(616, 1)
+    person = await sync_to_async(get_user_model().objects.get)(telegram__telegram_id=616)
+    profile = await sync_to_async(profile_for)(person)
+    profile.daily_budget_usd = Decimal("0.001")
+    await profile.asave(update_fields=["daily_budget_usd"])
+    jarvis.telegram.push_text(TOKEN, 616, "/stats")
+    stats = (await jarvis.answered(616, 2))[-1].text
+
+    def pages() -> tuple[str, str]:
+        page, admin = Client(), Client()
+        page.force_login(person)
+        admin.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+        usage = page.get(reverse("web:usage")).content.decode()
+        people = admin.get(reverse("admin:auth_user_changelist"), {"q": person.username}).content.decode()
+        return usage, people
+
+    usage, people = await sync_to_async(pages)()
+    assert "$0.001 left of $0.001" in stats, stats
+    assert "$0.001 left of $0.001" in usage
+    assert "$0.001 a day" in people
 
 
 async def test_retry_answers_the_last_question_again(jarvis: Running):

@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 
 from botapp.conversations import conversation_for_chat, turn_accept, turn_retry
 from botapp.models import Message, MessageStatus, ProcessedUpdate, Role
-from botapp.people import telegram_user_sync
+from botapp.people import telegram_identity_sync
 from tests.factories import BotFactory
 from tests.fakes.openai_server import Behaviour
 from tests.telegram_support import TOKEN, start_application, stop_application
@@ -70,7 +70,7 @@ async def test_interrupted_retry_is_answered_once_after_a_restart(telegram, fake
 
     @sync_to_async
     def crashed_state() -> None:
-        user = telegram_user_sync(telegram_id=CHAT, first_name="Tester", language_code="en")
+        user = telegram_identity_sync(telegram_id=CHAT, first_name="Tester", language_code="en").user
         conversation = conversation_for_chat(bot=bot, telegram_chat_id=CHAT, user=user)
         turn = turn_accept(conversation=conversation, text="Question", telegram_message_id=1)
         Message.objects.filter(pk=turn.reply.pk).update(status=MessageStatus.COMPLETE, content="Old answer")

@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from botapp.admin.base import conversation_link
 from botapp.documents.models import Document, DocumentChunk, DocumentState, KnowledgeBase, MessageExcerpt
 from botapp.documents.progress import progress_json
 from botapp.documents.services import Upload, documents_reindex, knowledge_base_files_add
@@ -209,8 +210,7 @@ class DocumentAdmin(admin.ModelAdmin):
         if obj.knowledge_base_id:
             url = reverse("admin:botapp_knowledgebase_change", args=[obj.knowledge_base_id])
             return format_html('<a href="{}">{}</a>', url, obj.knowledge_base)
-        url = reverse("admin:botapp_conversation_change", args=[obj.conversation_id])
-        return format_html('<a href="{}">{}</a>', url, obj.conversation)
+        return conversation_link(obj)
 
     @admin.display(description=_("state"))
     def progress(self, obj: Document) -> str:

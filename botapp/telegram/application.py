@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.utils import translation
 from telegram import Update
 from telegram.error import NetworkError, TelegramError
@@ -37,6 +36,7 @@ from botapp.conversations import ReplyRefused, leases_release, turn_for_pending_
 from botapp.database import database_retry, database_wait, is_unavailable
 from botapp.models import Bot, Message, MessageStatus, ProcessedUpdate
 from botapp.telegram import handlers, selectors, services
+from botapp.telegram.client import bot_client
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
         # Updates written down and to be handled here: fetched by polling, or handed back in by a restart.
         self._admitted: set[int] = set()
+        # Of those, the ones handed back in by a restart: what they carry may have been stored already.
+        self._stored_before: set[int] = set()
         # Updates whose handling failed because the database was unavailable, and those on their last attempt.
         self._database_failed: set[int] = set()
         self._last_attempt: set[int] = set()
@@ -120,6 +122,7 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
     def admit_stored(self, update_id: int) -> None:
         """Hand in an update written down before (by a process that stopped before finishing it)."""
         self._admitted.add(update_id)
+        self._stored_before.add(update_id)
 
     def database_failed(self, update_id: int) -> bool:
         """Note that handling failed because the database was unavailable; False on the last attempt."""
@@ -144,18 +147,24 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         update_id = update.update_id
         if update_id in self._admitted:
             self._admitted.discard(update_id)
+            first_delivery = update_id not in self._stored_before
+            self._stored_before.discard(update_id)
         else:
-            fresh = await database_retry(
+            first_delivery = await database_retry(
                 services.update_record, bot_id=self.bot_id, update_id=update_id, payload=update.to_dict()
             )
-            if not fresh:
+            if not first_delivery:
                 logger.info("Update %s was delivered again: ignored", update_id)
                 coroutine.close()  # type: ignore[attr-defined]
                 return
-        await self._handle(update, coroutine)
-        await database_retry(services.update_mark_done, bot_id=self.bot_id, update_id=update_id)
+        # A handler may finish the update itself, in the trip that stores its last write (see deliver_turn).
+        in_hand = services.UpdateInHand(update_id=update_id, first_delivery=first_delivery)
+        services.update_in_hand.set(in_hand)
+        await self._handle(update, coroutine, in_hand)
+        if not in_hand.done:
+            await database_retry(services.update_mark_done, bot_id=self.bot_id, update_id=update_id)
 
-    async def _handle(self, update: Update, coroutine: Awaitable[Any]) -> None:
+    async def _handle(self, update: Update, coroutine: Awaitable[Any], in_hand: services.UpdateInHand) -> None:
         update_id = update.update_id
         await coroutine
         attempts = 1
@@ -167,6 +176,8 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
             if attempts >= DATABASE_ATTEMPTS:
                 # The database answers but handling keeps failing: not an outage; the person is told.
                 self._last_attempt.add(update_id)
+            # What the failed attempt stored is found again, not assumed absent.
+            in_hand.first_delivery, in_hand.done = False, False
             try:
                 await self.application.process_update(update)
             finally:
@@ -216,13 +227,11 @@ class RecordingBot(ExtBot):
 
 def build_application(bot: Bot, *, polling: bool = True) -> Application:
     """The Application for `bot`, with every handler, the ordered processor and the error handler."""
-    root = settings.TELEGRAM_API_BASE_URL
     processor = ChatOrderedProcessor(bot_id=bot.pk)
-    client = RecordingBot(
+    client = bot_client(
+        bot.token,
+        cls=RecordingBot,
         processor=processor,
-        token=bot.token,
-        base_url=f"{root}/bot",
-        base_file_url=f"{root}/file/bot",
         # Hundreds of chats share the connection pool; waiting for a free connection is better than failing.
         request=QueuedRequest(pool_timeout=30.0, connect_timeout=10.0, read_timeout=30.0, write_timeout=30.0),
         get_updates_request=HTTPXRequest(

@@ -39,6 +39,7 @@ from botapp import media
 from botapp.choices import ChoiceError, conversation_model_set, conversation_persona_set, model_price_label
 from botapp.conversations import (
     MAX_AUDIO_BYTES,
+    Begun,
     ReplyError,
     ReplyRefused,
     Turn,
@@ -210,22 +211,39 @@ async def _conversation(update: Update, context: JarvisContext) -> Conversation:
 # --- Answering ----------------------------------------------------------------------------------
 
 
-async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, reply_to: int | None) -> None:
+async def deliver_turn(
+    bot: ExtBot,
+    turn: Turn,
+    *,
+    chat_id: int,
+    group: bool,
+    reply_to: int | None,
+    speaks: bool | None = None,
+    begun: Begun | None = None,
+    update: services.UpdateInHand | None = None,
+) -> None:
     """Answer a stored turn through the funnel, streaming it into the chat; remember the messages that show it.
 
     An /image turn is answered with a picture, and in a chat switched to voice answers the answer is a voice note.
+    `speaks` and `begun` come from the trip that stored the turn (`services.chat_message_take`); `update`, the
+    update that asked, is finished in the same trip that remembers the answer's messages.
     """
     if media.image_command(turn.user_message.content) is not None:
         await deliver_picture(bot, turn, chat_id=chat_id, reply_to=reply_to)
         return
-    if await sync_to_async(media.speaks)(turn.conversation):
+    if speaks is None:
+        speaks = await sync_to_async(media.speaks)(turn.conversation)
+    if speaks:
         await deliver_spoken(bot, turn, chat_id=chat_id, reply_to=reply_to)
         return
     reply_id = turn.reply.pk
     remembered = list(turn.reply.telegram_reply_ids or ())
+    finishing = False
 
     async def remember(message_ids: list[int]) -> None:
         nonlocal remembered
+        if finishing:
+            return  # the whole answer's messages are remembered at its end, in one trip
         try:
             await sync_to_async(services.message_reply_ids_store)(message_id=reply_id, telegram_ids=message_ids)
         except Exception as exc:
@@ -249,22 +267,30 @@ async def deliver_turn(bot: ExtBot, turn: Turn, *, chat_id: int, group: bool, re
     )
     async with stream:
         try:
-            answer = await turn_answer(turn, on_delta=stream.on_delta, on_tool=stream.on_tool)
+            answer = await turn_answer(turn, on_delta=stream.on_delta, on_tool=stream.on_tool, begun=begun)
         except ReplyError as error:
             partial = getattr(error, "partial", "")
             text = f"{partial}\n\n⚠️ {error}" if partial else f"⚠️ {error}"
+            finishing = True
             ids = await stream.finish(text)
         else:
             text = answer.text or _("(The model sent an empty answer. Try /retry.)")
             cited = sources_line(answer.documents, answer.text)
             text = f"{text}\n\n📎 {cited}" if cited else text
+            finishing = True
             ids = await stream.finish(with_sources(text, answer.sources))
             if drew_pictures(answer.tool_calls):
                 for picture in await sync_to_async(answer_pictures)(reply_id):
                     sent = await _send_stored_picture(bot, picture, chat_id=chat_id, reply_to=reply_to)
                     ids.append(sent.message_id)
-    if ids != remembered:
-        await database_retry(services.message_reply_ids_store, message_id=reply_id, telegram_ids=ids)
+    update_id = update.update_id if update is not None and not update.done else None
+    if ids != remembered or update_id is not None:
+        await database_retry(
+            services.answer_delivered, message_id=reply_id, telegram_ids=ids if ids != remembered else None,
+            bot_id=turn.conversation.bot_id, update_id=update_id,
+        )  # fmt: skip
+        if update is not None:
+            update.done = True
 
 
 def with_sources(text: str, sources: list[dict[str, str]]) -> str:
@@ -408,11 +434,10 @@ async def answer_message(
     The answer streams as text, or comes as a picture (/image) or a voice note (/voice), see `deliver_turn`.
     """
     message = update.effective_message
-    chat = update.effective_chat
     try:
         accepted = await sync_to_async(services.chat_message_accept)(
             bot=context.contact.bot,
-            telegram_chat_id=chat.id,
+            telegram_chat_id=update.effective_chat.id,
             user=context.contact.user,
             telegram_message_id=message.message_id,
             text=text,
@@ -421,14 +446,25 @@ async def answer_message(
     except ReplyRefused as refusal:
         await reply(update, str(refusal))
         return
+    await _answer_accepted(update, context, accepted)
+
+
+async def _answer_accepted(
+    update: Update, context: JarvisContext, accepted: services.Accepted, taken: services.Taken | None = None
+) -> None:
+    """Answer a message stored (or found stored before); `taken`: stored by `chat_message_take`."""
+    message = update.effective_message
+    chat = update.effective_chat
     if accepted.stored is not None:
         await _resume_stored(update, context, accepted.conversation, *accepted.stored)
         return
     group = _is_group(chat.type)
     # In a group the answer quotes its question, so everyone sees whom Jarvis answers.
     await deliver_turn(
-        context.bot, accepted.turn, chat_id=chat.id, group=group, reply_to=message.message_id if group else None
-    )
+        context.bot, accepted.turn, chat_id=chat.id, group=group, reply_to=message.message_id if group else None,
+        speaks=taken.speaks if taken else None, begun=taken.begun if taken else None,
+        update=services.update_in_hand.get() if taken else None,
+    )  # fmt: skip
 
 
 # --- Documents ----------------------------------------------------------------------------------
@@ -925,16 +961,38 @@ async def unknown_command(update: Update, context: JarvisContext) -> None:
 
 
 @jarvis_handler
+async def _ask_after_mention(update: Update, context: JarvisContext) -> None:
+    """A mention with nothing after it."""
+    await reply(update, _("Yes? Ask me something after the mention."))
+
+
 async def text_message(update: Update, context: JarvisContext) -> None:
-    """Answer a text message through the funnel."""
+    """Answer a text message through the funnel: the sender, the question and the answer's start in one trip."""
+    sender = update.effective_user
+    if sender is None or sender.is_bot:
+        return
     message = update.effective_message
     text = message.text or ""
     if _is_group(message.chat.type):
         text = _without_mention(text, context.bot.username or "")
         if not text:
-            await reply(update, _("Yes? Ask me something after the mention."))
+            await _ask_after_mention(update, context)
             return
-    await answer_message(update, context, text=text)
+    in_hand = services.update_in_hand.get()
+    taken = await sync_to_async(services.chat_message_take)(
+        bot_id=context.bot_data["bot_id"], telegram_id=sender.id, username=sender.username,
+        first_name=sender.first_name, last_name=sender.last_name, language_code=sender.language_code,
+        telegram_chat_id=message.chat.id, telegram_message_id=message.message_id, text=text,
+        first_delivery=in_hand is not None and in_hand.first_delivery,
+    )  # fmt: skip
+    context.contact = taken.contact
+    with translation.override(taken.contact.language):
+        if not taken.contact.allowed:
+            await _refuse(update, context)
+        elif taken.refusal is not None:
+            await reply(update, taken.refusal)
+        elif taken.accepted is not None:
+            await _answer_accepted(update, context, taken.accepted, taken)
 
 
 def _duration_seconds(value: Any) -> float | None:

@@ -13,7 +13,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from botapp.admin import LargeTableAdmin, ReadOnlyAdmin
+from botapp.admin.base import LargeTableAdmin, ReadOnlyAdmin, conversation_link
 from botapp.models import McpServer, ModelToolSupport, Tool, ToolCall
 from botapp.tools.services import tool_refresh_message, tools_set_enabled
 
@@ -192,8 +192,7 @@ class ToolCallAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("answer"))
     def answer_link(self, obj: ToolCall) -> str:
-        url = reverse("admin:botapp_conversation_change", args=[obj.conversation_id])
-        return format_html('<a href="{}#message-{}">{}</a>', url, obj.message_id, _("transcript"))
+        return conversation_link(obj, _("transcript"), fragment=f"#message-{obj.message_id}")
 
 
 @admin.register(ModelToolSupport)
