@@ -3,6 +3,26 @@
 An answer is one or more rounds: the model is called, and when it asks for tools they are stored, run and
 their results sent back, until it answers in words or the rounds run out (botapp.tools.limits). Each model
 call is its own ledger row, billed once; what the model is sent is built in botapp.context.
+
+Every answer is two steps: a sync call stores the question and a pending answer (a `Turn`), then an async call
+answers it. The adapters call exactly these:
+
+- Store a question: `turn_accept` (web; Telegram through `telegram.services.chat_message_accept`),
+  `documents_accept` (files, with or without a question; both adapters), `turn_retry` (/retry, Regenerate),
+  `turn_edit` (web: a question asked again in other words), `validate_text` (web: before a conversation is
+  made for a first message).
+- Answer it: `turn_answer` (Telegram, streamed into the chat through `on_delta`/`on_tool`),
+  `turn_answer_stream` (web, as an iterator ending in a `StreamEnd`), `turn_draw` (/image, the Draw button).
+- Beside an answer: `reply_speak` (a voice note, the play button), `audio_transcribe` (Telegram recordings).
+- Conversations: `conversation_start` (/new, the web page's first message), `conversation_for_chat`
+  (Telegram: the chat's active conversation).
+- Restarts: `turn_for_pending_reply` and `leases_release` (`telegram.application`, when a bot starts).
+- Jobs: none call in; after an answer is stored the funnel queues `botapp.tasks.conversation_followups`
+  (title, summary) with `transaction.on_commit`. `conversation_reply` (store and answer in one call) is for
+  scripts and tests.
+
+Errors: `ReplyRefused` before the model is called (nothing billed), `ReplyFailed` after; `str(error)` is the
+sentence to show, `error.partial` the text written before a failure.
 """
 
 from __future__ import annotations
@@ -75,7 +95,11 @@ ToolCallback = Callable[[ToolEvent], Awaitable[None]]
 
 
 class ReplyError(Exception):
-    """No (complete) answer; `str(error)` is the sentence to show the person."""
+    """No (complete) answer; `str(error)` is the sentence to show the person, `partial` what was written before."""
+
+    def __init__(self, message: str, *, partial: str = "") -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class ReplyRefused(ReplyError):
@@ -84,10 +108,6 @@ class ReplyRefused(ReplyError):
 
 class ReplyFailed(ReplyError):
     """The model call failed or broke off; what was stored says what happened."""
-
-    def __init__(self, message: str, *, partial: str = "") -> None:
-        super().__init__(message)
-        self.partial = partial
 
 
 @dataclass

@@ -115,10 +115,15 @@ def image_source_from_data_url(url: str) -> ImageSource | None:
     return ImageSource(data=data, filename=f"picture.{suffix}", content_type=content_type)
 
 
-def image_source_from_media(media: MediaFile) -> ImageSource:
-    """A picture Jarvis made before, read back from the storage (a network call with S3)."""
+def media_bytes(media: MediaFile) -> bytes:
+    """A stored picture or recording, read back from the storage (a network call with S3)."""
     with media.file.open("rb") as handle:
-        data = handle.read()
+        return handle.read()
+
+
+def image_source_from_media(media: MediaFile) -> ImageSource:
+    """A picture Jarvis made before, read back from the storage."""
+    data = media_bytes(media)
     suffix = media.file.name.rsplit(".", 1)[-1] if "." in media.file.name else "png"
     return ImageSource(data=data, filename=f"picture.{suffix}", content_type=media.content_type)
 

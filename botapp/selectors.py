@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
@@ -109,6 +110,11 @@ def persona_default(*, bot: Bot | None = None) -> Persona | None:
         Persona.objects.filter(is_active=True).order_by("-is_default", "created_at", "pk").first()
         or Persona.objects.filter(is_default=True).first()
     )
+
+
+def persona_model(persona: Persona | None) -> str:
+    """The model a persona answers with when a conversation has chosen none."""
+    return (persona.model if persona else "") or settings.OPENAI_MODEL
 
 
 def models_offered(*, at: datetime | None = None) -> list[ModelPrice]:

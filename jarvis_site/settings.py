@@ -186,7 +186,7 @@ OPENAI_IMAGE_TIMEOUT = env.float("OPENAI_IMAGE_TIMEOUT", default=180.0)
 OPENAI_TTS_MODEL = env.str("OPENAI_TTS_MODEL", default="gpt-4o-mini-tts")
 # Generated pictures and audio go through Django's storage API: files under MEDIA_ROOT by default, or an
 # S3-compatible bucket (django-storages) when MEDIA_S3_BUCKET is set, so several web machines share them.
-# They are never served from a public URL: the app checks who asks (see botapp.web.views.media_file).
+# They are never served from a public URL: the app checks who asks (see botapp.web.views.media.media_file).
 MEDIA_ROOT = env.str("MEDIA_ROOT", default="") or str(BASE_DIR / "media")
 MEDIA_URL = "/media/"
 MEDIA_S3_BUCKET = env.str("MEDIA_S3_BUCKET", default="")

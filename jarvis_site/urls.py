@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from botapp.telegram.webhook import telegram_webhook
-from botapp.web.views import with_csp
+from botapp.web.security import with_csp
 
 urlpatterns = [
     path("admin/", admin.site.urls),

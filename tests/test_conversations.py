@@ -256,12 +256,11 @@ async def test_a_timeout_becomes_a_sentence(fake_openai, settings):
     """A provider that does not answer in time: stored as failed, and the person is told."""
     settings.OPENAI_TIMEOUT = 0.5
     settings.OPENAI_MAX_RETRIES = 0
+    # The provider would answer after 3 s: a failure that says "in time" can only come from the 0.5 s limit.
     fake_openai.enqueue(Behaviour(delay=3))
     conversation = await make_conversation()
-    started = time.monotonic()
     with pytest.raises(ReplyFailed, match="did not answer in time"):
         await conversation_reply(conversation=conversation, text="hello?")
-    assert time.monotonic() - started < 2.5
     assert (await rows(conversation))[-1][2] == "failed"
 
 
@@ -302,14 +301,14 @@ async def test_a_cancelled_answer_keeps_its_partial_text_and_cost(fake_openai):
     """Stopping an answer (task cancelled) stores it as incomplete and records its cost once."""
     fake_openai.enqueue(Behaviour(text="x" * 400, chunk_chars=10, chunk_delay=0.05))
     conversation = await make_conversation()
-    first_delta = asyncio.Event()
+    some_written = asyncio.Event()
 
     async def on_delta(delta: str, text: str) -> None:
-        first_delta.set()
+        if len(text) >= 30:
+            some_written.set()
 
     task = asyncio.create_task(conversation_reply(conversation=conversation, text="long story", on_delta=on_delta))
-    await asyncio.wait_for(first_delta.wait(), 5)
-    await asyncio.sleep(0.12)
+    await asyncio.wait_for(some_written.wait(), 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -322,17 +321,14 @@ async def test_a_cancelled_answer_keeps_its_partial_text_and_cost(fake_openai):
 
 
 async def test_different_conversations_are_answered_in_parallel(fake_openai):
-    """Five conversations with a 1 s model finish in about 1 s, all five requests in flight at once."""
+    """Five conversations with a 1 s model do not wait for each other: all five requests are in flight at once."""
     fake_openai.default = Behaviour(delay=1.0)
     conversation_list = [await make_conversation() for _ in range(5)]
-    started = time.monotonic()
     replies = await asyncio.gather(
         *(conversation_reply(conversation=c, text=f"hi {i}") for i, c in enumerate(conversation_list))
     )
-    elapsed = time.monotonic() - started
     assert [r.text for r in replies] == [f"Echo: hi {i}" for i in range(5)]
     assert fake_openai.max_in_flight == 5
-    assert elapsed < 2.5
 
 
 async def test_one_conversation_answers_one_at_a_time_in_order(fake_openai):

@@ -239,13 +239,14 @@ async def test_edit_to_same_content_is_not_modified(fake: FakeTelegram, bot: Bot
 @pytest.mark.asyncio
 async def test_flood_control_emulation_counts_429s(fake: FakeTelegram, bot: Bot) -> None:
     """set_rate_limit answers 429 to writes in a chat that come faster than min_interval, and counts them."""
-    fake.set_rate_limit(chat_id=CHAT, min_interval=0.4)
+    # A second is far more than the next call needs to arrive; the wait after the 429 only ever runs longer.
+    fake.set_rate_limit(chat_id=CHAT, min_interval=1.0)
     sent = await bot.send_message(CHAT, "one")
     with pytest.raises(RetryAfter) as caught:
         await bot.edit_message_text("two", CHAT, sent.message_id)
     assert seconds(caught.value.retry_after) == 1
     assert (await bot.send_message(CHAT + 1, "other chat is free")).text
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(1.05)
     await bot.edit_message_text("two", CHAT, sent.message_id)
     assert fake.too_many_requests_count == 1
     assert [call.status for call in fake.calls("editMessageText")] == [429, 200]
@@ -274,10 +275,11 @@ async def test_long_poll_returns_early_when_update_arrives(fake: FakeTelegram, b
     """A long poll waits for `timeout` but answers as soon as an update is pushed."""
     asyncio.get_running_loop().call_later(0.3, fake.push_text, TOKEN, CHAT, "late")
     started = time.monotonic()
-    updates = await bot.get_updates(timeout=10)
+    updates = await bot.get_updates(timeout=60, read_timeout=90)
     elapsed = time.monotonic() - started
     assert [u.message.text for u in updates] == ["late"]
-    assert 0.25 <= elapsed < 3
+    # A poll that waited for its timeout would take 60 s; one that answered before the push, under 0.3 s.
+    assert 0.25 <= elapsed < 30
 
 
 @pytest.mark.asyncio
@@ -285,7 +287,8 @@ async def test_long_poll_times_out_empty(fake: FakeTelegram, bot: Bot) -> None:
     """With nothing to deliver a long poll answers [] after about `timeout` seconds."""
     started = time.monotonic()
     assert await bot.get_updates(timeout=1) == ()
-    assert 0.9 <= time.monotonic() - started < 3
+    # Far below the 30 s that would mean the poll hung.
+    assert 0.9 <= time.monotonic() - started < 30
 
 
 @pytest.mark.asyncio

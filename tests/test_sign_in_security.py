@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from botapp.models import Channel, Profile, UsageKind
 from botapp.usage import usage_record_create
-from botapp.web.views import CONTENT_SECURITY_POLICY
+from botapp.web.security import CONTENT_SECURITY_POLICY
 from tests.admin_support import fast_passwords_fixture  # noqa: F401  (fixture)
 from tests.asgi_server import AsgiServer
 from tests.factories import ConversationFactory, UserFactory

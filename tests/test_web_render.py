@@ -12,11 +12,10 @@ from django.utils import timezone
 
 from botapp.models import Channel, Message, MessageStatus, Role, UsageKind
 from botapp.selectors import conversation_messages, usage_by_day, usage_by_model
-from botapp.usage import usage_record_create
+from botapp.usage import format_usd, usage_record_create
 from botapp.web.charts import bar_chart, nice_ceiling
 from botapp.web.markdown import highlight_css, markdown_to_html
 from botapp.web.titles import display_title
-from botapp.web.views import format_usd
 from tests.factories import UserFactory
 
 # --- Markdown -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from botapp.database import database_retry, database_wait, is_unavailable
 from botapp.models import Bot, Message, MessageStatus, ProcessedUpdate
 from botapp.telegram import handlers, selectors, services
 from botapp.telegram.client import bot_client
+from botapp.telegram.handlers import accounts, chat, commands, documents, media
 
 logger = logging.getLogger(__name__)
 
@@ -253,28 +254,28 @@ def build_application(bot: Bot, *, polling: bool = True) -> Application:
     addressed = only_new & handlers.ADDRESSED
     application.add_handlers(
         [
-            CommandHandler("start", handlers.start, filters=only_new),
-            CommandHandler("help", handlers.help_command, filters=only_new),
-            CommandHandler(["new", "reset"], handlers.new_conversation, filters=only_new),
-            CommandHandler("mode", handlers.mode, filters=only_new),
-            CommandHandler("model", handlers.model, filters=only_new),
-            CommandHandler("stats", handlers.stats, filters=only_new),
-            CommandHandler("retry", handlers.retry, filters=only_new),
-            CommandHandler("caps", handlers.caps, filters=only_new),
-            CommandHandler("link", handlers.link, filters=only_new),
-            CommandHandler("image", handlers.image, filters=only_new),
-            CommandHandler("voice", handlers.voice, filters=only_new),
-            CommandHandler("web", handlers.web, filters=only_new),
-            CallbackQueryHandler(handlers.persona_chosen, pattern=f"^{handlers.PERSONA_CALLBACK_PREFIX}"),
-            CallbackQueryHandler(handlers.model_chosen, pattern=f"^{handlers.MODEL_CALLBACK_PREFIX}"),
-            InlineQueryHandler(handlers.inline_caps),
-            MessageHandler(only_new & filters.COMMAND, handlers.unknown_command),
-            MessageHandler(addressed & filters.TEXT, handlers.text_message),
-            MessageHandler(addressed & (filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE), handlers.voice_message),
-            MessageHandler(addressed & filters.PHOTO, handlers.photo_message),
-            MessageHandler(addressed & filters.Document.ALL, handlers.document_message),
+            CommandHandler("start", commands.start, filters=only_new),
+            CommandHandler("help", commands.help_command, filters=only_new),
+            CommandHandler(["new", "reset"], commands.new_conversation, filters=only_new),
+            CommandHandler("mode", commands.mode, filters=only_new),
+            CommandHandler("model", commands.model, filters=only_new),
+            CommandHandler("stats", commands.stats, filters=only_new),
+            CommandHandler("retry", commands.retry, filters=only_new),
+            CommandHandler("caps", commands.caps, filters=only_new),
+            CommandHandler("link", accounts.link, filters=only_new),
+            CommandHandler("image", media.image, filters=only_new),
+            CommandHandler("voice", commands.voice, filters=only_new),
+            CommandHandler("web", accounts.web, filters=only_new),
+            CallbackQueryHandler(commands.persona_chosen, pattern=f"^{commands.PERSONA_CALLBACK_PREFIX}"),
+            CallbackQueryHandler(commands.model_chosen, pattern=f"^{commands.MODEL_CALLBACK_PREFIX}"),
+            InlineQueryHandler(commands.inline_caps),
+            MessageHandler(only_new & filters.COMMAND, commands.unknown_command),
+            MessageHandler(addressed & filters.TEXT, chat.text_message),
+            MessageHandler(addressed & (filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE), media.voice_message),
+            MessageHandler(addressed & filters.PHOTO, media.photo_message),
+            MessageHandler(addressed & filters.Document.ALL, documents.document_message),
             # Service messages (members joining, pins) are not something to answer.
-            MessageHandler(addressed & ~filters.StatusUpdate.ALL, handlers.other_message),
+            MessageHandler(addressed & ~filters.StatusUpdate.ALL, chat.other_message),
         ]
     )
     application.add_error_handler(handlers.error_handler)
@@ -285,8 +286,8 @@ async def application_prepare(application: Application) -> None:
     """Register the command menu in English (the default) and Simplified Chinese."""
     for language_code, language in (("", "en"), ("zh", "zh-hans")):
         with translation.override(language):
-            commands = handlers.bot_commands()
-        await application.bot.set_my_commands(commands, language_code=language_code or None)
+            menu = handlers.bot_commands()
+        await application.bot.set_my_commands(menu, language_code=language_code or None)
 
 
 async def _answer_pending(application: Application, reply: Message) -> None:
@@ -302,7 +303,7 @@ async def _answer_pending(application: Application, reply: Message) -> None:
             return
         language = await sync_to_async(_language_of)(turn.user_message)
         with translation.override(language):
-            await handlers.deliver_turn(
+            await chat.deliver_turn(
                 application.bot,
                 turn,
                 chat_id=chat_id,

@@ -1,4 +1,4 @@
-"""Reads for the Telegram adapter: usage for /stats, stored turns, and the work a restart must finish."""
+"""Reads for the Telegram adapter: usage for /stats, the menus, stored turns, and the work a restart must finish."""
 
 from __future__ import annotations
 
@@ -14,13 +14,18 @@ from botapp.models import (
     Bot,
     Channel,
     Conversation,
+    MediaFile,
+    MediaKind,
     Message,
     MessageStatus,
+    ModelPrice,
+    Persona,
     ProcessedUpdate,
     Role,
     UsageRecord,
 )
-from botapp.usage import BudgetPeriod, budget_periods
+from botapp.selectors import models_offered, persona_model, personas_offered
+from botapp.usage import BudgetPeriod, budget_periods, price_in_force
 
 # An answer left pending longer ago than this is not worth sending any more after a restart.
 RECOVERY_WINDOW = timedelta(days=1)
@@ -69,6 +74,27 @@ def stored_question(*, conversation: Conversation, telegram_message_id: int) -> 
         return None
     answer = conversation.messages.filter(role=Role.ASSISTANT, id__gt=question.id).order_by("-id").first()
     return question, answer
+
+
+def answer_picture(*, answer: Message) -> MediaFile | None:
+    """The picture an answer drew, to show it again after a restart."""
+    return MediaFile.objects.filter(message=answer, kind=MediaKind.IMAGE).order_by("id").first()
+
+
+def persona_offered(*, pk: int) -> Persona | None:
+    """The persona a /mode button names, while it is still offered."""
+    return personas_offered().filter(pk=pk).first()
+
+
+def chat_models(*, conversation: Conversation) -> tuple[str, list[ModelPrice]]:
+    """The persona's own model and the models people may choose (each with its price in force), for /model."""
+    return persona_model(conversation.persona), models_offered()
+
+
+def model_sees_images(*, conversation: Conversation) -> bool:
+    """Whether the model answering the conversation accepts pictures."""
+    price = price_in_force(model=conversation.effective_model)
+    return bool(price and price.supports_images)
 
 
 def pending_replies(*, bot: Bot, idle_for: timedelta | None = None) -> list[Message]:

@@ -1,4 +1,4 @@
-"""Views of a person's own account: signing in from Telegram, invitations, sign-up, name, email and password."""
+"""Views of a person's own account: signing in from Telegram, linking it, invitations, sign-up, name and password."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from django.views.decorators.http import require_http_methods
 
 from botapp.accounts import AccountError, account_create, invitation_for
 from botapp.accounts import invitation_accept as invitation_use
-from botapp.linking import LinkError, web_sign_in_link_check, web_sign_in_link_redeem
+from botapp.linking import LinkError, link_code_redeem, web_sign_in_link_check, web_sign_in_link_redeem
 from botapp.models import TelegramIdentity
-from botapp.web.forms import AccountForm, SignUpForm
-from botapp.web.views import with_csp
+from botapp.web.forms import AccountForm, LinkCodeForm, SignUpForm
+from botapp.web.security import with_csp
 
 # Accounts made here sign in with a password; the one backend that checks passwords signs them in.
 BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -135,3 +135,24 @@ def account(request: HttpRequest) -> HttpResponse:
     identity = TelegramIdentity.objects.filter(user=user).first()
     context = {"nav": "account", "details": details, "password": password, "identity": identity}
     return render(request, "botapp/account.html", context)
+
+
+@with_csp
+@login_required
+def link_telegram(request: HttpRequest) -> HttpResponse:
+    """Enter the one-time code that /link in Telegram gives, to see Telegram conversations here too."""
+    form = LinkCodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            identity = link_code_redeem(code=form.cleaned_data["code"], user=request.user)
+        except LinkError as exc:
+            form.add_error("code", str(exc))
+        else:
+            messages.success(
+                request,
+                _("Your Telegram account %(account)s is linked: its conversations are now in your list.")
+                % {"account": identity},
+            )
+            return redirect("web:home")
+    identity = TelegramIdentity.objects.filter(user=request.user).first()
+    return render(request, "botapp/link.html", {"nav": "link", "form": form, "identity": identity})
