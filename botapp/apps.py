@@ -14,7 +14,11 @@ class BotappConfig(AppConfig):
         from django_q.models import Failure, Success, Task
 
         # Connects the signal that deletes a generated file with its row.
-        from botapp import media  # noqa: F401
+        # Connects the signal that takes a deleted conversation's messages out of the search index.
+        from botapp import (
+            media,  # noqa: F401
+            search,  # noqa: F401
+        )
         from botapp.redaction import task_record_redact
 
         # Senders are exact classes: the proxies are connected too, for a record saved through one of them.

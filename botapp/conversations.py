@@ -49,7 +49,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
 
-from botapp import hot_path, llm, media
+from botapp import hot_path, llm, media, search
 from botapp.context import (
     Context,
     DocumentsNotReady,
@@ -619,6 +619,8 @@ def _store_answer(
                 "created_at",
             ]
         )
+        # The question and its answer become searchable together: one statement, in this transaction.
+        search.messages_index(turn.user_message, reply)
         if context.toolbox is not None or context.tool_tokens:
             tool_calls_interrupt(message_id=reply.pk, reason=error or _("Stopped."))
         if status == MessageStatus.FAILED and not text:

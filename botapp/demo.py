@@ -37,6 +37,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.search import messages_index
 from botapp.summaries import TITLE_PROMPT
 from botapp.usage import price_in_force, usage_record_price
 
@@ -73,6 +74,9 @@ TOPICS = [
     "translating 'good morning' into Chinese",
     "a SQL query for the top 10 customers",
     "what to pack for a week in Lisbon",
+    # Words the search benchmark looks for (bench/admin_bench.py), in English and in Chinese.
+    "a hello world program in Go",
+    "公司的年假政策",
 ]
 QUESTIONS = [
     "Can you help me with {topic}?",
@@ -360,6 +364,7 @@ def _conversation_batch(
             model = UNPRICED_MODEL if unpriced else _model(persona)
             _conversation_messages(batch, conversation, person, model, started, turns, now, rng)
         created = Message.objects.bulk_create(batch.messages)
+        messages_index(*created)
         records = _chat_records(created, batch.answers, prices, rng)
         if ledger_target is not None:
             records += _title_records(created, batch.titles, prices, now, rng)

@@ -49,6 +49,9 @@ COMMON_SHARE = 0.25
 # A query of common terms only ranks at most this many of the rows that hold them.
 CANDIDATES = 1000
 INSERT_BATCH = 500
+# matching_sql's newest rows: a term the planner expects in at most this many rows is read from the index in
+# full, and its rows sorted; a commoner one by walking the ids from the newest.
+RARE_ROWS = 20_000
 
 _stemmer = snowballstemmer.stemmer("english")
 
@@ -149,28 +152,27 @@ def index_add(index: FullTextIndex, rows: Iterable[tuple[int, int, str]]) -> int
 
 
 def _insert(index: FullTextIndex, batch: Sequence[tuple[int, int, str]]) -> int:
-    ids = [row_id for row_id, _group, _terms in batch]
+    # One statement a batch: an id indexed before is replaced in place (a batch never holds an id twice).
+    batch = list({row_id: (row_id, group, terms) for row_id, group, terms in batch}.values())
     with connection.cursor() as cursor:
-        _delete_ids(cursor, index, ids)
         if connection.vendor == "sqlite":
-            sql = f"INSERT INTO {index.name} (rowid, grp, terms) VALUES (%s, %s, %s)"  # noqa: S608
+            sql = f"INSERT OR REPLACE INTO {index.name} (rowid, grp, terms) VALUES (%s, %s, %s)"  # noqa: S608
             cursor.executemany(sql, batch)
         else:
             # Without positions (strip): a chunk's vector stays small enough to be stored uncompressed in
             # the row, and ranking reads it without decompressing (ts_rank needs only the lexemes).
             values = ", ".join(["(%s, %s, strip(to_tsvector('simple', %s)))"] * len(batch))
             params = [value for row in batch for value in row]
-            cursor.execute(f"INSERT INTO {index.name} (id, grp, terms) VALUES {values}", params)  # noqa: S608
+            cursor.execute(
+                f"INSERT INTO {index.name} (id, grp, terms) VALUES {values} "  # noqa: S608
+                "ON CONFLICT (id) DO UPDATE SET grp = EXCLUDED.grp, terms = EXCLUDED.terms",
+                params,
+            )
     return len(batch)
 
 
 def _id_column(index: FullTextIndex) -> str:
     return "rowid" if connection.vendor == "sqlite" else "id"
-
-
-def _delete_ids(cursor: object, index: FullTextIndex, ids: Sequence[int]) -> None:
-    placeholders = ", ".join(["%s"] * len(ids))
-    cursor.execute(f"DELETE FROM {index.name} WHERE {_id_column(index)} IN ({placeholders})", list(ids))  # noqa: S608
 
 
 def index_remove(index: FullTextIndex, *, within: QuerySet) -> None:
@@ -222,6 +224,35 @@ def _size(cursor: object, index: FullTextIndex) -> int:
     cursor.execute(f"SELECT (SELECT min({column}) FROM {table}), (SELECT max({column}) FROM {table})")  # noqa: S608
     low, high = cursor.fetchone()
     return 0 if low is None else high - low + 1
+
+
+def matching_sql(index: FullTextIndex, text: str, *, newest: int | None = None) -> tuple[str, list] | None:
+    """SQL selecting the `id` and `grp` of the rows that hold all the terms of `text` (None: it has none).
+
+    Unranked, for a caller that filters and orders the rows itself (the admin's search boxes: newest first).
+    `newest`: only that many rows, those of the highest ids (a common term's rows are not all read).
+    """
+    terms = query_terms(text)
+    if not terms:
+        return None
+    vendor = connection.vendor
+    if vendor == "sqlite":
+        expression = " AND ".join(_match(term, vendor) for term in terms)
+        sql, id_column = f"SELECT rowid AS id, grp FROM {index.name} WHERE {index.name} MATCH %s", "rowid"  # noqa: S608
+    else:
+        expression = " & ".join(_match(term, vendor) for term in terms)
+        sql, id_column = f"SELECT id, grp FROM {index.name} WHERE terms @@ to_tsquery('simple', %s)", "id"  # noqa: S608
+        if newest is not None:
+            with connection.cursor() as cursor:
+                rows = min(_rows_with(cursor, index, term) for term in terms)
+            # PostgreSQL would walk the primary key backwards for the newest rows, testing each, which takes
+            # seconds when few rows match; `id + 0` keeps it to the GIN index's matches, sorted. A common
+            # term's rows are found quickly by the walk, and are too many to read and sort.
+            if rows <= RARE_ROWS:
+                id_column = "id + 0"
+    if newest is None:
+        return sql, [expression]
+    return f"{sql} ORDER BY {id_column} DESC LIMIT %s", [expression, newest]
 
 
 def search(

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from botapp.documents.services import documents_expire
 from botapp.models import Conversation, MediaFile, Message, ProcessedUpdate
+from botapp.search import messages_forget
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,13 @@ def retention_apply() -> str:
             messages += deleted.get("botapp.Message", 0)
         for batch in _in_batches(list(old.values_list("id", flat=True))):
             with transaction.atomic():
+                messages_forget(within=Message.objects.filter(id__in=batch))
                 messages += Message.objects.filter(id__in=batch).delete()[0]
     else:
         pending = old.exclude(content=RETENTION_PLACEHOLDER)
         for batch in _in_batches(list(pending.values_list("id", flat=True))):
             with transaction.atomic():
+                messages_forget(within=Message.objects.filter(id__in=batch))
                 messages += Message.objects.filter(id__in=batch).update(
                     content=RETENTION_PLACEHOLDER, attachments=[], error="", sender=None, token_count=0
                 )

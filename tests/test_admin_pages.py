@@ -29,6 +29,7 @@ from botapp.models import (
     UsageKind,
     UsageRecord,
 )
+from botapp.search import messages_index
 from botapp.usage import format_usd, usage_record_create
 from tests.admin_support import (  # noqa: F401  (fixtures)
     assert_login_page,
@@ -45,8 +46,8 @@ User = get_user_model()
 
 
 def say(conversation: Conversation, question: str, answer: str, *, tokens: tuple[int, int] = (100, 50)) -> Message:
-    """A question and its priced answer in `conversation`; returns the answer."""
-    Message.objects.create(
+    """A question and its priced answer in `conversation`, indexed for search as the funnel does; returns the answer."""
+    asked = Message.objects.create(
         conversation=conversation, role=Role.USER, sender=conversation.user, content=question, token_count=5
     )
     reply = Message.objects.create(
@@ -68,6 +69,7 @@ def say(conversation: Conversation, question: str, answer: str, *, tokens: tuple
         input_tokens=tokens[0],
         output_tokens=tokens[1],
     )
+    messages_index(asked, reply)
     return reply
 
 

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # What a message costs now (before issue 16's work: 34 statements and 8 hops for a fresh chat, 23 and 8 for a
 # known person). Issue 16 asks for 12, 8 and 3; what stands between is in the hot path's module docstring.
-FRESH_CHAT_STATEMENTS, KNOWN_PERSON_STATEMENTS, HOPS = 23, 16, 4
+# One of them makes the question and its answer searchable (botapp.search), in the transaction storing the answer.
+FRESH_CHAT_STATEMENTS, KNOWN_PERSON_STATEMENTS, HOPS = 24, 17, 4
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _stored(chat_id: int) -> list[tuple[str, str, str, bool]]:
 
 
 async def test_a_fresh_chat_and_a_known_person_stay_within_their_statements_and_hops(jarvis: Running, cost: Cost):
-    """A new person's first message costs at most 23 statements and 4 hops; their next one at most 16 and 4; both
+    """A new person's first message costs at most 24 statements and 4 hops; their next one at most 17 and 4; both
     are stored, answered, billed once at the price in force and their updates finished."""
     await _message_cost(jarvis, cost, chat_id=7001, user_id=7001, text="warm up")  # imports, connections
     fresh = await _message_cost(jarvis, cost, chat_id=7002, user_id=7002, text="Hello Jarvis")

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
-from botapp import admin_views
+from botapp import admin_views, search
 from botapp.admin.base import ConversationColumn, LargeTableAdmin, ReadOnlyAdmin, money
 from botapp.documents.admin import transcript_documents
 from botapp.models import Conversation, MediaFile, Message, Role, UsageRecord
@@ -26,7 +26,9 @@ class ConversationAdmin(LargeTableAdmin):
     list_display = ["__str__", "user", "channel", "bot", "persona", "message_count", "cost", "updated_at"]
     list_filter = ["channel", "bot", "persona", "is_active", "created_at"]
     list_select_related = ["user", "bot", "persona"]
-    search_fields = ["title", "user__username", "user__telegram__username", "messages__content"]
+    # Searched by botapp.search (get_search_results): these fields, and the text of messages through their
+    # full-text index rather than a scan of every message.
+    search_fields = ["title", "user__username", "user__telegram__username"]
     search_help_text = _("Search by title, username, Telegram username or the text of any message.")
     fields = [
         "title",
@@ -49,6 +51,11 @@ class ConversationAdmin(LargeTableAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Conversation], search_term: str
+    ) -> tuple[QuerySet[Conversation], bool]:
+        return search.conversations_admin_search(queryset, search_term), False
 
     @admin.display(description=_("messages"), ordering="message_count")
     def message_count(self, obj: Conversation) -> int:
@@ -108,9 +115,15 @@ class MessageAdmin(ConversationColumn, ReadOnlyAdmin):
     ]
     list_filter = ["role", "status"]
     list_select_related = ["conversation"]
-    search_fields = ["content", "=conversation__id"]
+    # Searched by botapp.search (get_search_results): `=ID`, and the text through the full-text index.
+    search_fields = ["=conversation__id"]
     search_help_text = _("Search the text of messages, or =ID for a conversation's messages.")
     ordering = ["-id"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
+    ) -> tuple[QuerySet[Message], bool]:
+        return search.messages_admin_search(queryset, search_term), False
 
     @admin.display(description=_("content"))
     def short_content(self, obj: Message) -> str:

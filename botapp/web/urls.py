@@ -11,6 +11,7 @@ urlpatterns = [
     path("", conversations.home, name="home"),
     path("c/new/", conversations.conversation_create, name="conversation_create"),
     path("c/new/send/", stream.conversation_start_send, name="start_send"),
+    path("search/", conversations.conversation_search, name="search"),
     path("c/<int:pk>/", conversations.conversation_detail, name="conversation"),
     path("c/<int:pk>/send/", stream.message_send, name="send"),
     path("c/<int:pk>/image/", media.image_send, name="image"),

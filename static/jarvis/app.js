@@ -174,6 +174,14 @@
   enhance(list);
   toBottom();
 
+  // A search result links to the message that says what was looked for: show that one, not the newest.
+  const found = /^#message-\d+$/.test(location.hash) && document.getElementById(location.hash.slice(1));
+  if (found) {
+    following = false;
+    found.classList.add("found");
+    found.scrollIntoView({ block: "center" });
+  }
+
   const form = document.getElementById("composer");
   if (!form) {
     return;

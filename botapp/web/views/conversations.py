@@ -17,7 +17,7 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from botapp import selectors
+from botapp import search, selectors
 from botapp.choices import ChoiceError, conversation_model_set, conversation_persona_set, model_price_label
 from botapp.conversations import conversation_start
 from botapp.documents.context import sources_html
@@ -33,6 +33,9 @@ from botapp.web.security import with_csp
 from botapp.web.services import conversation_delete, conversation_rename
 from botapp.web.titles import display_title
 from botapp.web.views import json_error, own_conversation, wants_json
+
+# What the search box takes: enough for a sentence.
+SEARCH_MAX_CHARS = 200
 
 
 def _model_options(conversation: Conversation | None) -> list[dict[str, str]]:
@@ -86,6 +89,21 @@ def _chat_context(request: HttpRequest, conversation: Conversation | None = None
 def home(request: HttpRequest) -> HttpResponse:
     """A new conversation: an empty, focused message box; the first message starts it. The list beside it."""
     context = _chat_context(request, title=_("New conversation"), history=[], can_send=True)
+    return render(request, "botapp/chat.html", context)
+
+
+@with_csp
+@login_required
+@require_GET
+def conversation_search(request: HttpRequest) -> HttpResponse:
+    """The person's own conversations that say what they looked for, newest first, in place of the list."""
+    query = " ".join(request.GET.get("q", "").split())[:SEARCH_MAX_CHARS]
+    if not query:
+        return redirect("web:home")
+    found = search.conversations_matching(user=request.user, query=query)
+    context = _chat_context(
+        request, title=_("New conversation"), history=[], can_send=True, search_query=query, found=found
+    )
     return render(request, "botapp/chat.html", context)
 
 
