@@ -339,8 +339,12 @@ async def test_long_poll_times_out_empty(fake: FakeTelegram, bot: Bot) -> None:
 @pytest.mark.asyncio
 async def test_second_poller_terminates_the_first(fake: FakeTelegram, bot: Bot) -> None:
     """A second concurrent getUpdates makes the first fail with 409 Conflict, as when two bots share a token."""
+    polls = fake.polls_started(TOKEN)
     first = asyncio.create_task(bot.get_updates(timeout=5))
-    await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while fake.polls_started(TOKEN) == polls:  # until the first poll is waiting at the fake
+        assert time.monotonic() < deadline, "the first getUpdates never reached the fake"
+        await asyncio.sleep(0.01)
     async with Bot(**fake.bot_kwargs(TOKEN)) as twin:
         second = asyncio.create_task(twin.get_updates(timeout=5))
         with pytest.raises(Conflict, match="terminated by other getUpdates request"):

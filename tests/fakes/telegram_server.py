@@ -1197,6 +1197,11 @@ class FakeTelegram:
 
     # --- inspecting -----------------------------------------------------------------------------
 
+    def polls_started(self, token: str) -> int:
+        """How many getUpdates requests with a timeout the bot has begun (a long poll counts from its start)."""
+        with self._cond:
+            return self._bot(token).poll_generation
+
     def calls(self, method: str | None = None, token: str | None = None) -> list[ApiCall]:
         """Every answered request so far (oldest first), optionally only one method and/or token."""
         with self._cond:
