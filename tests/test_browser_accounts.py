@@ -47,7 +47,7 @@ def test_the_link_from_web_signs_a_telegram_person_in_once(browser, asgi_server,
     page.click("button[value=sign_in]")
     expect(page.locator("#conversation-list")).to_contain_text("From my phone")
     expect(page.locator(".flash")).to_contain_text("Ada")
-    assert page.evaluate("document.activeElement.id") == "id_text"
+    expect(page.locator("#id_text")).to_be_focused()  # once the deferred scripts have run
     page.goto(f"{asgi_server.url}/account/")
     expect(page.locator("input[name=new_password1]")).to_be_visible()
     context.close()

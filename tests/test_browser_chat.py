@@ -103,7 +103,7 @@ def test_first_message_from_the_home_page_starts_a_conversation_with_the_default
     )
     page = open_page(browser, screen)
     sign_in(page, asgi_server, person.username)
-    assert page.evaluate("document.activeElement.id") == "id_text"
+    expect(page.locator("#id_text")).to_be_focused()  # once the deferred scripts have run
     expect(page.locator("#id_text")).to_have_value("")
     expect(page.locator("#id_persona option:checked")).to_have_text("Jarvis")
     expect(page.locator("#empty-hint h2")).to_have_text("我能帮您做什么？" if screen.chinese else "How can I help?")
