@@ -19,7 +19,7 @@ from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
 from botapp.models import Bot, BotUser, Broadcast
 from botapp.selectors import broadcast_recipients
 from botapp.telegram.client import bot_client
-from botapp.telegram.delivery import retry_after_seconds
+from botapp.telegram.delivery import telegram_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ async def _send_one(client: telegram.Bot, pacer: _Pacer, chat_id: int, text: str
         try:
             await client.send_message(chat_id=chat_id, text=text)
         except RetryAfter as exc:
-            pacer.pause(retry_after_seconds(exc.retry_after))
+            pacer.pause(telegram_seconds(exc.retry_after))
             continue
         except Forbidden:
             return "blocked"
