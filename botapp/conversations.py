@@ -425,6 +425,23 @@ async def _lease_release(conversation_id: int, token: str) -> None:
     await database_retry(_lease_release_now, conversation_id, token, deadline=LEASE.total_seconds())
 
 
+async def _begin_when_free(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None) -> Any:
+    """`_begin` the turn as soon as the conversation's lease is free (polling); what `prepare` built."""
+    try:
+        while True:
+            prepared = await sync_to_async(_begin)(turn, token, prepare)
+            if prepared is not None:
+                return prepared
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+    except ReplyRefused:
+        raise
+    except BaseException:
+        # Cancelled, or the database failed after the lease was taken: the lease must not outlive this turn.
+        # (The database thread may take the lease after this task stops waiting; its queue runs in order.)
+        await asyncio.shield(_lease_release(turn.conversation.pk, token))
+        raise
+
+
 def _refuse(turn: Turn, sentence: str) -> None:
     with transaction.atomic():
         Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=sentence)
@@ -862,19 +879,7 @@ async def turn_answer(
         begun = None
     async with lock:
         token = begun.token if begun is not None else secrets.token_hex(8)
-        context = begun.context if begun is not None else None
-        try:
-            while context is None:
-                context = await sync_to_async(_begin)(turn, token)
-                if context is None:
-                    await asyncio.sleep(LEASE_POLL_SECONDS)
-        except ReplyRefused:
-            raise
-        except BaseException:
-            # Cancelled, or the database failed after the lease was taken: the lease must not outlive this turn.
-            # (The database thread may take the lease after this task stops waiting; its queue runs in order.)
-            await asyncio.shield(_lease_release(conversation_id, token))
-            raise
+        context = begun.context if begun is not None else await _begin_when_free(turn, token)
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
         answering = _Answering(turn, context, lease_token=token, on_delta=on_delta, on_tool=on_tool)
         try:
@@ -1151,17 +1156,7 @@ async def turn_draw(turn: Turn, *, prompt: str, source: media.ImageSource | None
     conversation_id = turn.conversation.pk
     async with _lock_for(conversation_id):
         token = secrets.token_hex(8)
-        try:
-            while True:
-                plan = await sync_to_async(_begin)(turn, token, _plan_picture)
-                if plan is not None:
-                    break
-                await asyncio.sleep(LEASE_POLL_SECONDS)
-        except ReplyRefused:
-            raise
-        except BaseException:
-            await asyncio.shield(_lease_release(conversation_id, token))
-            raise
+        plan = await _begin_when_free(turn, token, _plan_picture)
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
         stored = None
         try:
