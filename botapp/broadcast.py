@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import telegram
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,6 +19,7 @@ from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
 from botapp.models import Bot, BotUser, Broadcast
 from botapp.selectors import broadcast_recipients
 from botapp.telegram.client import bot_client
+from botapp.telegram.delivery import telegram_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +81,13 @@ class _Pacer:
         self.next_start = max(self.next_start, time.monotonic() + seconds)
 
 
-def _seconds(retry_after: int | timedelta) -> float:
-    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
-
-
 async def _send_one(client: telegram.Bot, pacer: _Pacer, chat_id: int, text: str) -> str:
     for _attempt in range(MAX_RETRIES + 1):
         await pacer.wait_turn()
         try:
             await client.send_message(chat_id=chat_id, text=text)
         except RetryAfter as exc:
-            pacer.pause(_seconds(exc.retry_after))
+            pacer.pause(telegram_seconds(exc.retry_after))
             continue
         except Forbidden:
             return "blocked"

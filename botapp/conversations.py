@@ -44,7 +44,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_q.tasks import async_task
@@ -425,6 +425,23 @@ async def _lease_release(conversation_id: int, token: str) -> None:
     await database_retry(_lease_release_now, conversation_id, token, deadline=LEASE.total_seconds())
 
 
+async def _begin_when_free(turn: Turn, token: str, prepare: Callable[[Turn], Any] | None = None) -> Any:
+    """`_begin` the turn as soon as the conversation's lease is free (polling); what `prepare` built."""
+    try:
+        while True:
+            prepared = await sync_to_async(_begin)(turn, token, prepare)
+            if prepared is not None:
+                return prepared
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+    except ReplyRefused:
+        raise
+    except BaseException:
+        # Cancelled, or the database failed after the lease was taken: the lease must not outlive this turn.
+        # (The database thread may take the lease after this task stops waiting; its queue runs in order.)
+        await asyncio.shield(_lease_release(turn.conversation.pk, token))
+        raise
+
+
 def _refuse(turn: Turn, sentence: str) -> None:
     with transaction.atomic():
         Message.objects.filter(pk=turn.user_message.pk).update(status=MessageStatus.FAILED, error=sentence)
@@ -567,6 +584,14 @@ def _close_round(rows: list[ToolCall], outcomes: list[Outcome], *, context: Cont
     context.tool_tokens += tool_calls_close(rows, outcomes, model=context.model)
 
 
+def _reply_save(reply: Message, **fields: object) -> None:
+    """Write the finished answer over its pending row, stamped now; the caller holds the transaction."""
+    fields["created_at"] = timezone.now()
+    for name, value in fields.items():
+        setattr(reply, name, value)
+    reply.save(update_fields=list(fields))
+
+
 def _store_answer(
     turn: Turn,
     *,
@@ -593,31 +618,19 @@ def _store_answer(
     billed_now = usage if charge else llm.Usage(input_tokens=0, output_tokens=0, model=model)
     reply = turn.reply
     text = storable_text(text)
-    reply.content = text
-    reply.status = status
-    reply.error = error
-    reply.model = model
-    reply.input_tokens = context.billed_input_tokens + billed_now.input_tokens
-    reply.output_tokens = context.billed_output_tokens + billed_now.output_tokens
-    reply.token_count = llm.count_tokens(text, model=model)
-    reply.tool_tokens = context.tool_tokens
-    reply.latency_ms = latency_ms
-    reply.created_at = timezone.now()
     charged = charge and not (estimated and not text and status == MessageStatus.FAILED)
     with transaction.atomic():
-        reply.save(
-            update_fields=[
-                "content",
-                "status",
-                "error",
-                "model",
-                "input_tokens",
-                "output_tokens",
-                "token_count",
-                "tool_tokens",
-                "latency_ms",
-                "created_at",
-            ]
+        _reply_save(
+            reply,
+            content=text,
+            status=status,
+            error=error,
+            model=model,
+            input_tokens=context.billed_input_tokens + billed_now.input_tokens,
+            output_tokens=context.billed_output_tokens + billed_now.output_tokens,
+            token_count=llm.count_tokens(text, model=model),
+            tool_tokens=context.tool_tokens,
+            latency_ms=latency_ms,
         )
         # The question and its answer become searchable together: one statement, in this transaction.
         search.messages_index(turn.user_message, reply)
@@ -866,19 +879,7 @@ async def turn_answer(
         begun = None
     async with lock:
         token = begun.token if begun is not None else secrets.token_hex(8)
-        context = begun.context if begun is not None else None
-        try:
-            while context is None:
-                context = await sync_to_async(_begin)(turn, token)
-                if context is None:
-                    await asyncio.sleep(LEASE_POLL_SECONDS)
-        except ReplyRefused:
-            raise
-        except BaseException:
-            # Cancelled, or the database failed after the lease was taken: the lease must not outlive this turn.
-            # (The database thread may take the lease after this task stops waiting; its queue runs in order.)
-            await asyncio.shield(_lease_release(conversation_id, token))
-            raise
+        context = begun.context if begun is not None else await _begin_when_free(turn, token)
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
         answering = _Answering(turn, context, lease_token=token, on_delta=on_delta, on_tool=on_tool)
         try:
@@ -1114,36 +1115,21 @@ def _store_picture(turn: Turn, *, stored: media.StoredPicture, latency_ms: int, 
     """The answer, its picture and its ledger row in one write, letting go of the lease (like `_store_answer`)."""
     reply = turn.reply
     picture = stored.picture
-    reply.content = picture.revised_prompt or stored.prompt
-    reply.status = MessageStatus.COMPLETE
-    reply.error = ""
-    reply.model = picture.model
-    reply.input_tokens = picture.usage.input_tokens if picture.usage else 0
-    reply.output_tokens = picture.usage.output_tokens if picture.usage else 0
-    reply.token_count = llm.count_tokens(reply.content, model=turn.conversation.effective_model)
-    reply.latency_ms = latency_ms
-    reply.created_at = timezone.now()
+    content = picture.revised_prompt or stored.prompt
     sender = turn.user_message.sender or turn.conversation.user
-    held = Q(answering_token=lease_token)
     with transaction.atomic():
-        reply.save(
-            update_fields=[
-                "content",
-                "status",
-                "error",
-                "model",
-                "input_tokens",
-                "output_tokens",
-                "token_count",
-                "latency_ms",
-                "created_at",
-            ]
+        _reply_save(
+            reply,
+            content=content,
+            status=MessageStatus.COMPLETE,
+            error="",
+            model=picture.model,
+            input_tokens=picture.usage.input_tokens if picture.usage else 0,
+            output_tokens=picture.usage.output_tokens if picture.usage else 0,
+            token_count=llm.count_tokens(content, model=turn.conversation.effective_model),
+            latency_ms=latency_ms,
         )
-        Conversation.objects.filter(pk=turn.conversation.pk).update(
-            updated_at=reply.created_at,
-            answering_until=Case(When(held, then=None), default=F("answering_until")),
-            answering_token=Case(When(held, then=Value("")), default=F("answering_token")),
-        )
+        hot_path.conversation_answered(conversation_id=turn.conversation.pk, at=reply.created_at, token=lease_token)
         picture_file, record = media.picture_record(
             stored=stored,
             conversation=turn.conversation,
@@ -1170,17 +1156,7 @@ async def turn_draw(turn: Turn, *, prompt: str, source: media.ImageSource | None
     conversation_id = turn.conversation.pk
     async with _lock_for(conversation_id):
         token = secrets.token_hex(8)
-        try:
-            while True:
-                plan = await sync_to_async(_begin)(turn, token, _plan_picture)
-                if plan is not None:
-                    break
-                await asyncio.sleep(LEASE_POLL_SECONDS)
-        except ReplyRefused:
-            raise
-        except BaseException:
-            await asyncio.shield(_lease_release(conversation_id, token))
-            raise
+        plan = await _begin_when_free(turn, token, _plan_picture)
         keeper = asyncio.create_task(_lease_keep(conversation_id, token))
         stored = None
         try:

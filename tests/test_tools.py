@@ -78,6 +78,15 @@ def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in body["messages"] if m["role"] == "tool"]
 
 
+async def one_page_read(fake_openai, url: str) -> ToolCall:
+    """A conversation with the built-in tools in which the model reads `url` once, then answers: that call."""
+    conversation = await conversation_with_tools(*BUILTINS)
+    fake_openai.enqueue(Behaviour(tool_calls=[read(url)]), Behaviour(text="Read."))
+    reply = await conversation_reply(conversation=conversation, text=f"Read {url}")
+    [call] = await calls_of(reply.message.pk)
+    return call
+
+
 # --- The loop -------------------------------------------------------------------------------------
 
 
@@ -246,10 +255,7 @@ PRIVATE_TARGETS = [
 @pytest.mark.parametrize(("target", "host"), PRIVATE_TARGETS)
 async def test_private_addresses_are_refused(fake_openai, fake_web, target, host):
     """Loopback, link-local (cloud metadata) and mapped addresses are refused before any request is made."""
-    conversation = await conversation_with_tools(*BUILTINS)
-    fake_openai.enqueue(Behaviour(tool_calls=[read(target.format(port=fake_web.port))]), Behaviour(text="Refused."))
-    reply = await conversation_reply(conversation=conversation, text="Read it")
-    [call] = await calls_of(reply.message.pk)
+    call = await one_page_read(fake_openai, target.format(port=fake_web.port))
     assert call.status == ToolCallStatus.ERROR and "private" in call.error and host.strip("[]") in call.error
     assert "secret is 42" not in call.result and fake_web.hits == []
 
@@ -287,10 +293,7 @@ async def test_a_public_name_that_redirects_to_a_private_address_is_refused(fake
 async def test_private_addresses_are_read_when_the_setting_allows(fake_openai, fake_web, settings):
     """TOOLS_ALLOW_PRIVATE_URLS=true lets tools read an intranet address."""
     settings.TOOLS_ALLOW_PRIVATE_URLS = True
-    conversation = await conversation_with_tools(*BUILTINS)
-    fake_openai.enqueue(Behaviour(tool_calls=[read(f"{fake_web.url}/secret")]), Behaviour(text="42."))
-    reply = await conversation_reply(conversation=conversation, text="Read the intranet")
-    [call] = await calls_of(reply.message.pk)
+    call = await one_page_read(fake_openai, f"{fake_web.url}/secret")
     assert call.status == ToolCallStatus.OK and "secret is 42" in call.result
 
 
@@ -298,10 +301,7 @@ async def test_a_10_mb_page_is_read_up_to_the_cap(fake_openai, fake_web, setting
     """A huge page is read only up to the byte cap, and the model gets at most the result cap."""
     settings.TOOLS_ALLOW_PRIVATE_URLS = True
     settings.TOOLS_TIMEOUT = 30.0
-    conversation = await conversation_with_tools(*BUILTINS)
-    fake_openai.enqueue(Behaviour(tool_calls=[read(f"{fake_web.url}/big")]), Behaviour(text="Dull."))
-    reply = await conversation_reply(conversation=conversation, text="Read the huge page")
-    [call] = await calls_of(reply.message.pk)
+    call = await one_page_read(fake_openai, f"{fake_web.url}/big")
     assert call.status == ToolCallStatus.OK and "only its beginning was read" in call.result
     assert len(call.result) < limits.MAX_RESULT_CHARS + 200 and call.result_chars > limits.MAX_RESULT_CHARS
     assert "more characters left out" in tool_messages(fake_openai.chat_requests()[1].body)[0]["content"]
@@ -310,10 +310,7 @@ async def test_a_10_mb_page_is_read_up_to_the_cap(fake_openai, fake_web, setting
 async def test_a_file_that_is_not_text_is_refused(fake_openai, fake_web, settings):
     """An image is not read: the model is told which content types Jarvis reads."""
     settings.TOOLS_ALLOW_PRIVATE_URLS = True
-    conversation = await conversation_with_tools(*BUILTINS)
-    fake_openai.enqueue(Behaviour(tool_calls=[read(f"{fake_web.url}/image.png")]), Behaviour(text="Cannot."))
-    reply = await conversation_reply(conversation=conversation, text="Read the picture")
-    [call] = await calls_of(reply.message.pk)
+    call = await one_page_read(fake_openai, f"{fake_web.url}/image.png")
     assert call.status == ToolCallStatus.ERROR and "image/png" in call.error
 
 

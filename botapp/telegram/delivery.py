@@ -52,10 +52,11 @@ PHOTO_MAX_RATIO = 20
 CAPTION_LIMIT = 1024
 
 
-def _seconds(retry_after: int | float | dt.timedelta) -> float:
-    if isinstance(retry_after, dt.timedelta):
-        return retry_after.total_seconds()
-    return float(retry_after)
+def telegram_seconds(value: int | float | dt.timedelta) -> float:
+    """A span python-telegram-bot gives as seconds or as a timedelta (a flood wait, a recording's length)."""
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return float(value)
 
 
 def _is_parse_error(exc: BadRequest) -> bool:
@@ -83,7 +84,7 @@ async def telegram_call(call: Callable[[], Awaitable[T]], *, what: str) -> T:
         try:
             return await call()
         except RetryAfter as exc:
-            wait = _seconds(exc.retry_after) + FLOOD_WAIT_MARGIN
+            wait = telegram_seconds(exc.retry_after) + FLOOD_WAIT_MARGIN
             flood_waited += wait
             if flood_waited > MAX_FLOOD_WAIT:
                 raise
@@ -204,7 +205,7 @@ async def chat_action(bot: TelegramBot, *, chat_id: int, action: str) -> AsyncIt
             try:
                 await bot.send_chat_action(chat_id=chat_id, action=action)
             except RetryAfter as exc:
-                await asyncio.sleep(_seconds(exc.retry_after))
+                await asyncio.sleep(telegram_seconds(exc.retry_after))
                 continue
             except NetworkError as exc:
                 logger.debug("Could not show %s in chat %s: %s", action, chat_id, exc)
@@ -419,7 +420,7 @@ class AnswerStream:
             try:
                 await self.bot.send_chat_action(chat_id=self.chat_id, action=ChatAction.TYPING)
             except RetryAfter as exc:
-                await asyncio.sleep(_seconds(exc.retry_after))
+                await asyncio.sleep(telegram_seconds(exc.retry_after))
                 continue
             except NetworkError as exc:
                 logger.debug("Could not show typing in chat %s: %s", self.chat_id, exc)

@@ -28,6 +28,7 @@ import bpe_openai
 from aiohttp import web
 
 from tests.fakes.files import ogg_opus_silence, png_picture
+from tests.fakes.loopback import ThreadedApp
 
 logger = logging.getLogger(__name__)
 _encoding = bpe_openai.get_encoding("o200k_base")
@@ -214,10 +215,7 @@ class FakeOpenAI:
         self.served: list[Served] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
+        self._server: ThreadedApp | None = None
         self._generation = 0
 
     # --- control ---
@@ -577,31 +575,13 @@ class FakeOpenAI:
     # --- lifecycle ---
 
     def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("The fake OpenAI server did not start.")
+        self._server = ThreadedApp(self.make_app, addresses=[(self.host, self.port)], name="fake-openai")
+        [self.port] = self._server.start()
         return self
 
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, self.host, self.port)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-
     def stop(self) -> None:
-        if self._loop is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)  # type: ignore[union-attr]
-        future.result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()

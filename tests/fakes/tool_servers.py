@@ -21,6 +21,8 @@ import uvicorn
 from aiohttp import web
 from mcp.server.mcpserver import MCPServer
 
+from tests.fakes.loopback import ThreadedApp
+
 ARTICLE_TITLE = "Jarvis reaches the Moon"
 ARTICLE_TEXT = (
     "The assistant named Jarvis landed on the Moon on Tuesday, according to the mission team. "
@@ -46,10 +48,7 @@ class FakeWeb:
         self.hits: list[str] = []
         self.port = 0
         self.public_port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._server = ThreadedApp(self.make_app, addresses=[("127.0.0.1", 0), ("127.0.0.2", 0)], name="fake-web")
 
     @property
     def url(self) -> str:
@@ -144,34 +143,12 @@ class FakeWeb:
 
     # --- lifecycle ---
 
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
-        self._loop.run_until_complete(self._runner.setup())
-        private = web.TCPSite(self._runner, "127.0.0.1", 0)
-        public = web.TCPSite(self._runner, "127.0.0.2", 0)
-        self._loop.run_until_complete(private.start())
-        self._loop.run_until_complete(public.start())
-        self.port = private._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.public_port = public._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-
     def __enter__(self) -> FakeWeb:
-        self._thread = threading.Thread(target=self._run, name="fake-web", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("The fake web site did not start.")
+        self.port, self.public_port = self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)  # type: ignore[union-attr]
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._server.stop()
 
 
 # --- A real MCP server ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from botapp import media
 from botapp.conversations import MAX_AUDIO_BYTES, ReplyError, audio_transcribe
 from botapp.models import Channel
 from botapp.telegram import selectors
+from botapp.telegram.delivery import telegram_seconds
 from botapp.telegram.handlers import (
     TELEGRAM_DOWNLOAD_LIMIT,
     JarvisContext,
@@ -157,7 +158,7 @@ async def voice_message(update: Update, context: JarvisContext) -> None:
             channel=Channel.TELEGRAM,
             conversation=conversation,
             bot=context.contact.bot,
-            duration_hint=_duration_seconds(recording.duration),
+            duration_hint=None if recording.duration is None else telegram_seconds(recording.duration),
         )
     except ReplyError as error:
         await reply(update, str(error))
@@ -169,10 +170,3 @@ async def voice_message(update: Update, context: JarvisContext) -> None:
     await reply(update, "🎙 " + text)
     caption = (message.caption or "").strip()
     await answer_message(update, context, text=f"{caption}\n\n{text}" if caption else text)
-
-
-def _duration_seconds(value: Any) -> float | None:
-    """A recording's length in seconds, as Telegram gave it."""
-    if value is None:
-        return None
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
