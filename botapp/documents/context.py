@@ -26,7 +26,6 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
 from botapp import fulltext, llm
-from botapp.documents import vectors
 from botapp.documents.models import BUSY_STATES, CHUNKS, Document, DocumentChunk, DocumentState, MessageExcerpt
 from botapp.documents.progress import progress_label
 from botapp.models import Conversation, Message, Persona, UsageKind
@@ -245,6 +244,8 @@ def _question_vector(text: str, *, conversation: Conversation, sender: AbstractB
         input_tokens=result.usage.input_tokens,
         estimated=result.estimated,
     )
+    from botapp.documents import vectors  # numpy (about 12 MB): loaded when a question is first embedded
+
     return model, vectors.query_vector(result.vectors[0])
 
 
@@ -258,6 +259,8 @@ def rank(
     for position, (chunk_id, _score) in enumerate(found):
         fused[chunk_id] += 1 / (RRF_K + position + 1)
     if query_vector is not None:
+        from botapp.documents import vectors
+
         model, vector = query_vector
         comparable = [
             (d.pk, d.version)
