@@ -7,16 +7,17 @@ works; a call-heavy answer that no longer fits whole is sent as its text alone.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
-from django.db.models import Max, Sum
+from django.db.models import Max, QuerySet, Sum
 from django.utils import translation
 from django.utils.translation import gettext as _
 
-from botapp import llm
+from botapp import hot_path, llm
 from botapp.documents import context as documents_context
 from botapp.models import (
     Conversation,
@@ -215,6 +216,23 @@ class Context:
     documents: list[documents_context.Source] = field(default_factory=list)
 
 
+def _history(*, conversation: int, before: int, after: int) -> QuerySet[Message]:
+    """The newest messages a context may hold, newest first (read for every answer, compiled once)."""
+    return (
+        Message.objects.filter(
+            conversation_id=conversation, id__lt=before, id__gt=after, role__in=(Role.USER, Role.ASSISTANT),
+            status__in=IN_CONTEXT,
+        )
+        .order_by("-id")
+        .values_list("id", "role", "content", "attachments", "token_count", "tool_tokens")[:CONTEXT_SCAN_LIMIT]
+    )  # fmt: skip
+
+
+def _attachments(stored: str | None) -> list[dict[str, Any]]:
+    """A message's `attachments` column as JSONField would read it; most are empty and need no decoding."""
+    return json.loads(stored) if stored and stored != "[]" else []
+
+
 def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool = False) -> Context:
     """System prompt, summary, then as many of the latest messages as fit, oldest first; raises MessageTooLong.
 
@@ -248,20 +266,14 @@ def context_build(turn: Turn, *, toolbox: Toolbox | None = None, resumed: bool =
             raise DocumentsNotReady(documents.refusal)
         head = head + documents.messages
         used += documents.tokens
-    rows = (
-        Message.objects.filter(
-            conversation_id=conversation.pk,
-            id__lt=turn.reply.id,
-            id__gt=conversation.summary_until_id or 0,
-            role__in=(Role.USER, Role.ASSISTANT),
-            status__in=IN_CONTEXT,
-        )
-        .order_by("-id")
-        .values_list("id", "role", "content", "attachments", "token_count", "tool_tokens")[:CONTEXT_SCAN_LIMIT]
-    )
+    rows = hot_path.rows(
+        "context_history", _history, conversation=conversation.pk, before=turn.reply.id,
+        after=conversation.summary_until_id or 0,
+    )  # fmt: skip
     picked: list[tuple[_Row, bool]] = []
     history_trimmed = False
-    for row in map(_Row._make, rows):
+    for id_, role, content, attachments, token_count, tool_tokens in rows:
+        row = _Row(id_, role, content, _attachments(attachments), token_count, tool_tokens)
         cost = row_cost(row)
         full = with_tools and row.tool_tokens > 0
         if full and used + cost + row.tool_tokens > budget:

@@ -78,6 +78,7 @@ from botapp.models import (
     UsageRecord,
     UsageStatus,
 )
+from botapp.redaction import stored_text_redact
 from botapp.selectors import persona_default
 from botapp.storable import storable_text
 from botapp.tools import limits
@@ -589,7 +590,8 @@ def _reply_save(reply: Message, **fields: object) -> None:
     fields["created_at"] = timezone.now()
     for name, value in fields.items():
         setattr(reply, name, value)
-    reply.save(update_fields=list(fields))
+    reply.error = stored_text_redact(reply.error)  # what Message.save() does, which hot_path.update does not call
+    hot_path.update(reply, list(fields))
 
 
 def _store_answer(
@@ -989,11 +991,11 @@ def conversation_start(
     if telegram_chat_id is None or not replace_active:
         # Inside a caller's transaction a savepoint keeps a conflict (a chat started meanwhile) recoverable.
         with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
-            conversation.save(force_insert=True)
+            hot_path.insert(conversation)
         return conversation
     with transaction.atomic():
         Conversation.objects.filter(bot=bot, telegram_chat_id=telegram_chat_id, is_active=True).update(is_active=False)
-        conversation.save(force_insert=True)
+        hot_path.insert(conversation)
     return conversation
 
 

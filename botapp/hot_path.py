@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.models import Model, QuerySet
+from django.db.models import Model, QuerySet, signals
+from django.db.models.fields import Field
 from django.db.models.query import get_related_populators
 from django.db.models.sql.compiler import SQLCompiler
 from django.db.models.sql.constants import MULTI
@@ -155,11 +156,100 @@ def conversation_answered(*, conversation_id: int, at: datetime, token: str) -> 
     _execute("answered", [_prep(Conversation, "updated_at", at), token, token, conversation_id])
 
 
+# --- New rows --------------------------------------------------------------------------------------
+
+
+@cache
+def _insert_sql(model: type[Model], vendor: str, rows: int) -> tuple[str, tuple[Field[Any, Any], ...]]:
+    """INSERT of `rows` rows of `model` (every concrete column but an automatic primary key), returning the keys."""
+    meta = model._meta
+    quote = connection.ops.quote_name
+    automatic = meta.pk.db_returning
+    fields = tuple(field for field in meta.local_concrete_fields if not (field.primary_key and automatic))
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    columns = ", ".join(quote(field.column) for field in fields)
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * rows)}"
+    return sql + f" RETURNING {quote(meta.pk.column)}", fields
+
+
+def insert(*objs: Model) -> None:
+    """Store new instances of one model in one statement, as `save()` would store each: field defaults and
+    `auto_now(_add)` applied by the fields' own `pre_save`, values through `get_db_prep_save`, the new keys set
+    on the instances. A model with `pre_save`/`post_save` receivers, or a value that is an expression, goes
+    through the ORM instead, so nothing a receiver expects is skipped. A model's own `save()` is not called.
+    """
+    model = type(objs[0])
+    sql, fields = _insert_sql(model, connection.vendor, len(objs))
+    values = [[field.pre_save(obj, add=True) for field in fields] for obj in objs]
+    through_orm = (
+        signals.pre_save.has_listeners(model)
+        or signals.post_save.has_listeners(model)
+        or any(hasattr(value, "resolve_expression") for row in values for value in row)
+    )
+    if through_orm:
+        for obj in objs:
+            obj.save(force_insert=True)
+        return
+    params = [
+        field.get_db_prep_save(value, connection) for row in values for field, value in zip(fields, row, strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        keys = [row[0] for row in cursor.fetchall()]
+    pk = model._meta.pk
+    for obj, key in zip(objs, keys, strict=True):
+        setattr(obj, pk.attname, pk.to_python(key))
+        obj._state.adding, obj._state.db = False, connection.alias
+
+
+@cache
+def _update_sql(model: type[Model], vendor: str, names: tuple[str, ...]) -> tuple[str, tuple[Field[Any, Any], ...]]:
+    meta = model._meta
+    quote = connection.ops.quote_name
+    fields = tuple(meta.get_field(name) for name in names)
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s", fields
+
+
+def update(obj: Model, names: Sequence[str]) -> None:
+    """Write the fields `names` of a stored instance, as `save(update_fields=names)` would (`auto_now` applied by
+    the fields' `pre_save`), with the SQL built once; through the ORM when the model has save receivers or a
+    value is an expression. A model's own `save()` is not called: the caller does what it would."""
+    model = type(obj)
+    sql, fields = _update_sql(model, connection.vendor, tuple(names))
+    values = [field.pre_save(obj, add=False) for field in fields]
+    if (
+        signals.pre_save.has_listeners(model)
+        or signals.post_save.has_listeners(model)
+        or any(hasattr(value, "resolve_expression") for value in values)
+    ):
+        obj.save(update_fields=list(names))
+        return
+    params = [field.get_db_prep_save(value, connection) for field, value in zip(fields, values, strict=True)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, obj.pk])
+
+
 # --- Reads compiled once --------------------------------------------------------------------------
 
 M = TypeVar("M", bound=Model)
 # Values no real row has, put in the QuerySet compiled once to find where each value goes in its parameters.
 _SENTINEL = -7_357_000_000_000
+_SENTINEL_TIME = datetime(1001, 1, 1, tzinfo=UTC)
+
+
+def _stand_in(index: int, value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _SENTINEL_TIME + timedelta(seconds=index)
+    if isinstance(value, str):
+        return f"hot-path stand-in {index} {_SENTINEL}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _SENTINEL - index
+    raise TypeError(f"a compiled read takes integers, text and datetimes, not {type(value).__name__}")
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 @dataclass
@@ -167,34 +257,62 @@ class _Compiled:
     compiler: SQLCompiler
     sql: str
     params: tuple[Any, ...]
-    slots: dict[str, list[int]]
+    # Where each value goes, and how the compiler turned such a value into a parameter (datetimes, on SQLite).
+    slots: dict[str, list[tuple[int, Callable[[Any], Any]]]]
 
 
-def _compiled(key: str, build: Callable[..., QuerySet[Any]], names: tuple[str, ...]) -> _Compiled:
+def _compiled(key: str, build: Callable[..., QuerySet[Any]], values: dict[str, Any]) -> _Compiled:
     # Kept per connection (one per thread): a compiler is bound to the connection it was made for.
     wrapper = connections[DEFAULT_DB_ALIAS]
     cached: dict[str, _Compiled] = wrapper.__dict__.setdefault("_jarvis_hot_path", {})
     found = cached.get(key)
     if found is None:
-        sentinels = {name: _SENTINEL - index for index, name in enumerate(names)}
-        compiler = build(**sentinels).query.get_compiler(using=DEFAULT_DB_ALIAS)
+        stand_ins = {name: _stand_in(index, value) for index, (name, value) in enumerate(values.items())}
+        compiler = build(**stand_ins).query.get_compiler(using=DEFAULT_DB_ALIAS)
         sql, params = compiler.as_sql()
-        slots = {name: [i for i, param in enumerate(params) if param == value] for name, value in sentinels.items()}
+        slots: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+        for name, stand_in in stand_ins.items():
+            adapters = [_as_is]
+            if isinstance(stand_in, datetime):
+                adapters.append(wrapper.ops.adapt_datetimefield_value)
+            slots[name] = [
+                (position, adapt)
+                for position, param in enumerate(params)
+                for adapt in adapters
+                if param == adapt(stand_in)
+            ]
         if not all(slots.values()):
             raise ValueError(f"{key}: a value does not appear in the compiled query's parameters")
         found = cached[key] = _Compiled(compiler, sql, tuple(params), slots)
     return found
 
 
-def instances(key: str, build: Callable[..., QuerySet[M]], **values: int) -> list[M]:
-    """The rows of `build(**values)` as model instances (related rows and annotations included), like iterating
-    the QuerySet, but built and compiled once per connection: `build` is called with stand-in integers.
-    """
-    compiled = _compiled(key, build, tuple(values))
+def _params(compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
     params = list(compiled.params)
     for name, positions in compiled.slots.items():
-        for position in positions:
-            params[position] = values[name]
+        for position, adapt in positions:
+            params[position] = adapt(values[name])
+    return params
+
+
+def rows(key: str, build: Callable[..., QuerySet[Any]], **values: Any) -> list[tuple[Any, ...]]:
+    """The rows of `build(**values)` (a `values_list` QuerySet) as the database returns them, compiled once like
+    `instances`. No field's converter runs: only for columns stored as Python reads them (integers, text), or
+    that the caller decodes itself.
+    """
+    compiled = _compiled(key, build, values)
+    with connection.cursor() as cursor:
+        cursor.execute(compiled.sql, _params(compiled, values))
+        return cursor.fetchall()
+
+
+def instances(key: str, build: Callable[..., QuerySet[M]], **values: Any) -> list[M]:
+    """The rows of `build(**values)` as model instances (related rows and annotations included), like iterating
+    the QuerySet, but built and compiled once per connection: `build` is called with stand-in values (integers,
+    text, datetimes) of the same types. A key names one shape: values of another count need another key.
+    """
+    compiled = _compiled(key, build, values)
+    params = _params(compiled, values)
     compiler = compiled.compiler
     compiler.as_sql = lambda *args, **kwargs: (compiled.sql, tuple(params))  # type: ignore[method-assign]
     results = compiler.execute_sql(MULTI)

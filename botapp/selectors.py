@@ -31,6 +31,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Substr, TruncDate
 from django.utils import timezone
 
+from botapp import hot_path
 from botapp.models import (
     Bot,
     BotUser,
@@ -102,14 +103,17 @@ def personas_offered() -> QuerySet[Persona]:
     return Persona.objects.filter(is_active=True).order_by("-is_default", "name")
 
 
+def _persona_first_active() -> QuerySet[Persona]:
+    return Persona.objects.filter(is_active=True).order_by("-is_default", "created_at", "pk")[:1]
+
+
 def persona_default(*, bot: Bot | None = None) -> Persona | None:
     """Whom a new conversation talks to: the bot's default persona, else the site's, else the first one made."""
     if bot is not None and bot.default_persona_id:
         return bot.default_persona
-    return (
-        Persona.objects.filter(is_active=True).order_by("-is_default", "created_at", "pk").first()
-        or Persona.objects.filter(is_default=True).first()
-    )
+    # Read for every new chat: compiled once (botapp.hot_path).
+    first_active = hot_path.instances("persona_default", _persona_first_active)
+    return next(iter(first_active), None) or Persona.objects.filter(is_default=True).first()
 
 
 def persona_model(persona: Persona | None) -> str:

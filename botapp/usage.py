@@ -9,10 +9,11 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from botapp import hot_path
 from botapp.models import (
     Bot,
     Conversation,
@@ -59,11 +60,18 @@ def _family_names(model: str) -> list[str]:
     return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
+def _prices(*, at: datetime, **names: str) -> QuerySet[ModelPrice]:
+    return ModelPrice.objects.filter(valid_from__lte=at, model__in=list(names.values())).order_by("-valid_from")
+
+
 def price_in_force(*, model: str, at: datetime | None = None) -> ModelPrice | None:
     """The price row for `model` at `at`; a dated snapshot ("gpt-4o-2024-08-06") uses its family's price."""
     at = at or timezone.now()
     names = _family_names(model)
-    rows = list(ModelPrice.objects.filter(valid_from__lte=at, model__in=names).order_by("-valid_from"))
+    # Read for every answer: compiled once per number of names (botapp.hot_path).
+    rows = hot_path.instances(
+        f"price_in_force/{len(names)}", _prices, at=at, **{f"name{i}": name for i, name in enumerate(names)}
+    )
     if not rows:
         return None
     # The most specific name wins; for that name, the latest row that has started.
@@ -178,7 +186,7 @@ def usage_record_create(
     if price is None:
         logger.warning("No price for model %s: usage recorded at $0 and flagged as unpriced", model)
     usage_record_price(record, price)
-    record.save()
+    hot_path.insert(record)
     return record
 
 

@@ -6,15 +6,28 @@ These tests hold the trips to their query counts, so that a change that adds a q
 shows up here, and check that what the merged trips do is still right.
 """
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.hashers import make_password
+from django.db.models import signals
 from django.utils import timezone
 
 from botapp import hot_path, llm
 from botapp.conversations import ReplyRefused, _begin, _chat_conversation_checked, _store_answer
-from botapp.models import BotUser, Conversation, MessageStatus, ProcessedUpdate, Profile, UsageRecord
+from botapp.models import (
+    BotUser,
+    Conversation,
+    MessageStatus,
+    ModelPrice,
+    ProcessedUpdate,
+    Profile,
+    TelegramIdentity,
+    UsageRecord,
+)
 from botapp.telegram import services
+from botapp.usage import price_in_force
 from tests.factories import BotFactory
 
 pytestmark = pytest.mark.django_db
@@ -187,3 +200,77 @@ def test_a_spent_budget_refuses_the_turn_in_the_trip_that_stores_it(bot):
     turn.reply.refresh_from_db()
     assert turn.reply.status == MessageStatus.FAILED
     assert Conversation.objects.get(pk=turn.conversation.pk).answering_until is None
+
+
+def test_new_rows_are_stored_as_save_would_store_them(bot):
+    """`hot_path.insert` fills defaults and `auto_now_add`, sets the keys in order, and the stored rows read back
+    equal to rows the ORM saved the same way; a new person's password is unusable, as Django makes it."""
+    person = contact(bot)
+    assert not person.user.has_usable_password() and person.user.password.startswith("!")
+    assert len(person.user.password) == len(make_password(None))
+    by_orm = Conversation(user=person.user, channel="telegram", bot=bot, telegram_chat_id=1, title="A")
+    by_orm.save(force_insert=True)
+    fast = [Conversation(user=person.user, channel="telegram", bot=bot, telegram_chat_id=n, title="A") for n in (2, 3)]
+    hot_path.insert(*fast)
+    assert [c.pk for c in fast] == sorted(c.pk for c in fast) and fast[0].pk > by_orm.pk
+    assert all(not c._state.adding for c in fast) and fast[0].created_at is not None
+
+    def stored(pk):
+        row = Conversation.objects.values().get(pk=pk)
+        return {k: v for k, v in row.items() if k not in {"id", "telegram_chat_id", "created_at", "updated_at"}}
+
+    assert stored(fast[0].pk) == stored(fast[1].pk) == stored(by_orm.pk)
+    assert Conversation.objects.get(pk=fast[1].pk).created_at == fast[1].created_at
+
+
+def test_rows_go_through_the_orm_when_a_receiver_listens(bot):
+    """A model with a save receiver is stored through `save()`, so the receiver still runs."""
+    person = contact(bot)
+    heard = []
+
+    def listener(sender, instance, created, **kwargs):
+        heard.append((instance.pk, created))
+
+    signals.post_save.connect(listener, sender=Conversation, dispatch_uid="test-hot-path-listener")
+    try:
+        conversation = Conversation(user=person.user, channel="telegram", bot=bot, telegram_chat_id=9)
+        hot_path.insert(conversation)
+        conversation.title = "Named"
+        hot_path.update(conversation, ["title"])
+    finally:
+        signals.post_save.disconnect(sender=Conversation, dispatch_uid="test-hot-path-listener")
+    assert heard == [(conversation.pk, True), (conversation.pk, False)]
+    assert Conversation.objects.get(pk=conversation.pk).title == "Named"
+
+
+def test_an_update_writes_only_the_named_fields_and_auto_now(bot):
+    """`hot_path.update` writes the named fields (with `auto_now` refreshed) and leaves the rest as stored."""
+    identity = contact(bot).identity
+    before = identity.updated_at
+    identity.username, identity.first_name = "ada2", "changed in memory only"
+    hot_path.update(identity, ["username", "updated_at"])
+    stored = TelegramIdentity.objects.get(pk=identity.pk)
+    assert (stored.username, stored.first_name) == ("ada2", "Ada")
+    assert stored.updated_at == identity.updated_at and stored.updated_at > before
+
+
+def test_the_compiled_price_read_answers_as_the_orm_at_every_moment(db):
+    """The price read, compiled once per shape, puts each call's model names and moment in: at every moment it
+    finds the row the ORM finds, for a family name and a dated snapshot, before, between and after price changes."""
+    now = timezone.now()
+    for days, price in ((-30, "1"), (-10, "2"), (5, "3")):
+        ModelPrice.objects.create(
+            model="acme-chat", input_per_mtok=Decimal(price), output_per_mtok=1, valid_from=now + timedelta(days=days)
+        )
+    ModelPrice.objects.create(model="acme-chat-2026-01", input_per_mtok=9, output_per_mtok=1, valid_from=now)
+    for model in ("acme-chat", "acme-chat-2026-01-15", "acme-chat-2026-01"):
+        for days in (-40, -20, -1, 1, 10):
+            at = now + timedelta(days=days)
+            names = [model.rsplit("-", n)[0] for n in range(model.count("-") + 1)]
+            rows = ModelPrice.objects.filter(valid_from__lte=at, model__in=names).order_by("-valid_from")
+            expected = min(rows, key=lambda row: names.index(row.model), default=None)
+            expected = next((row for row in rows if row.model == expected.model), None) if expected else None
+            assert price_in_force(model=model, at=at) == expected, (model, days)
+    assert price_in_force(model="acme-chat", at=now + timedelta(days=10)).input_per_mtok == 3
+    assert price_in_force(model="acme-chat-2026-01-15", at=now + timedelta(days=1)).input_per_mtok == 9
+    assert price_in_force(model="acme-chat", at=now - timedelta(days=40)) is None
