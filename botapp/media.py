@@ -28,9 +28,6 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils.translation import gettext as _
 from markdown_it import MarkdownIt
-from mutagen import MutagenError
-from mutagen.oggopus import OggOpus
-from PIL import Image, UnidentifiedImageError
 
 from botapp import llm
 from botapp.models import (
@@ -84,6 +81,9 @@ class PictureFacts:
 
 def picture_facts(data: bytes) -> PictureFacts:
     """What a picture is, read from its header by Pillow; MediaError when it is not a picture Jarvis keeps."""
+    # Pillow and mutagen (about 7 MB resident) load with the first picture or speech, not in every process.
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = PICTURE_FORMATS.get(image.format or "")
@@ -370,6 +370,9 @@ class Spoken:
 
 
 def _speech_duration(data: bytes) -> Decimal | None:
+    from mutagen import MutagenError
+    from mutagen.oggopus import OggOpus
+
     try:
         return Decimal(str(round(OggOpus(io.BytesIO(data)).info.length, 3)))
     except (MutagenError, ValueError, OSError):

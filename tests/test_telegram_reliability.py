@@ -5,7 +5,9 @@ import os
 import pytest
 
 from botapp.models import Message, ProcessedUpdate, Role
+from botapp.telegram import application
 from tests.fakes.openai_server import Behaviour
+from tests.fakes.telegram_server import Pacing
 from tests.telegram_support import TOKEN, Running
 
 pytest_plugins = ["tests.telegram_support"]
@@ -33,6 +35,29 @@ async def test_many_chats_are_answered_concurrently(jarvis: Running):
     assert jarvis.openai.max_in_flight >= 2
     for chat_id in (10_000, 10_000 + CHATS - 1):
         assert jarvis.answers(chat_id)[0].text == f"Echo: hello from {chat_id}"
+
+
+@pytest.fixture
+def five_sends_a_second(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The bot's send pacing at five a second (Telegram's is 30), set before the bot is built."""
+    monkeypatch.setattr(application, "SENDS_PER_SECOND", 5)
+    return 5
+
+
+@pytest.mark.usefixtures("five_sends_a_second")
+async def test_a_burst_of_answers_goes_out_at_telegrams_pace_without_refusals(jarvis: Running):
+    """Twenty answers ready at once under a Bot API that refuses (429) more than five sends a second: they go
+    out paced, all of them, and Telegram refuses none."""
+    jarvis.telegram.set_pacing(Pacing(per_second=5, chat_interval=1.0))
+    jarvis.openai.default = Behaviour(delay=0.5)
+    chats = range(30_000, 30_020)
+    for chat_id in chats:
+        jarvis.telegram.push_text(TOKEN, chat_id, f"burst {chat_id}")
+    await jarvis.telegram.await_for(lambda: all(jarvis.answers(chat_id) for chat_id in chats), timeout=90)
+    assert jarvis.telegram.too_many_requests_count == 0
+    assert len(jarvis.telegram.calls("sendMessage")) == 20
+    for chat_id in chats:
+        assert [answer.text for answer in jarvis.answers(chat_id)] == [f"Echo: burst {chat_id}"]
 
 
 async def test_messages_in_one_chat_are_answered_in_order(jarvis: Running):
