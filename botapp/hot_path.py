@@ -4,9 +4,11 @@ Issue 16's decision: on the message path a handful of statements bypass QuerySet
 which cost more than the database itself (an ORM UPDATE ~0.3 ms of Python, a cursor call ~0.02 ms). Each is
 plain SQL over Django's connection, so transactions, the test database and both backends (SQLite 3.35+ and
 PostgreSQL) work as for the ORM; names come from the models' `_meta` and values go through the fields'
-own `get_db_prep_save`, so what is stored is what the ORM would store. Reads that return model instances
-(`instances`) are QuerySets compiled once per connection and run again with new values. Everything else
-stays on the ORM.
+own `get_db_prep_save`, so what is stored is what the ORM would store. New rows (`insert`) and an answer's
+fields (`update`) are written the same way, with the fields' own `pre_save` (defaults, `auto_now`), and go
+through the ORM when the model has save receivers. Reads (`instances` for model instances, `rows` for plain
+values) are QuerySets compiled once per connection and run again with new values. Everything else stays on
+the ORM.
 
 A Telegram text message makes four trips to the database thread: the poll's batch written down (dedupe),
 everything before the model (person, question, lease, context), the answer with its ledger row, and the
