@@ -105,12 +105,18 @@ class BotProcess:
     """`manage.py runbot` (Jarvis) or bench/baseline_bot.py, as a subprocess pointed at the fakes."""
 
     def __init__(
-        self, kind: str, scratch: Scratch, telegram: FakeTelegram, openai: FakeOpenAI, **extra_env: str
+        self,
+        kind: str,
+        scratch: Scratch,
+        telegram: FakeTelegram,
+        openai: FakeOpenAI,
+        args: tuple[str, ...] = (),
+        **extra_env: str,
     ) -> None:
         self.kind = kind
         self.token = TOKENS[kind]
         command = (
-            [sys.executable, "manage.py", "runbot"]
+            [sys.executable, "manage.py", "runbot", *args]
             if kind == "jarvis"
             else [sys.executable, str(ROOT / "bench" / f"{kind}_bot.py")]
         )
@@ -137,17 +143,33 @@ class BotProcess:
             time.sleep(0.1)
         raise TimeoutError(f"{self.kind} did not start polling")
 
+    def _pids(self) -> list[int]:
+        """The bot process and its children (`runbot --processes N` runs the bots in children)."""
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return pids
+
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the bot process has used so far, all its threads included."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system) the bot's processes have used so far, all their threads included."""
+        total = 0
+        for pid in self._pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The peak resident memory of the bot's processes, added up."""
+        total = 0.0
+        for pid in self._pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total or float("nan")
 
     def stop(self) -> None:
         self.process.terminate()

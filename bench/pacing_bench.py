@@ -104,7 +104,7 @@ def _wait_polling(telegram: FakeTelegram, tokens: list[str], timeout: float = 90
     telegram.wait_for(polling, timeout)
 
 
-def burst(bots: int, chats: int, model_delay: float, database_url: str | None) -> Result:
+def burst(bots: int, chats: int, model_delay: float, database_url: str | None, processes: int = 1) -> Result:
     """`bots` bots in one runbot, `chats` chats each, every chat one message at once; the fake paces."""
     extra = _extra_tokens(bots - 1)
     with ExitStack() as stack:
@@ -113,7 +113,7 @@ def burst(bots: int, chats: int, model_delay: float, database_url: str | None) -
         telegram, openai = stack.enter_context(fakes(model_delay, tokens=extra, pacing=PACING))
         if extra:
             _bots_add(scratch, extra)
-        bot = BotProcess("jarvis", scratch, telegram, openai)
+        bot = BotProcess("jarvis", scratch, telegram, openai, args=("--processes", str(processes)))
         stack.callback(bot.stop)
         tokens = [bot.token, *extra]
         _wait_polling(telegram, tokens)
@@ -169,8 +169,11 @@ def main() -> None:
     parser.add_argument(
         "--case", nargs="*", default=["1x300", "10x100"], help="BOTSxCHATS (chats per bot); default 1x300 10x100"
     )
+    parser.add_argument("--processes", type=int, default=1, help="runbot --processes N: the bots shared among N")
     args = parser.parse_args()
     database = "PostgreSQL" if args.database_url else "SQLite"
+    if args.processes > 1:
+        database += f", runbot --processes {args.processes}"
     print(f"\n## Bursts under Telegram's pacing ({database}; model takes {args.model_delay:g} s)\n")
     print(
         "| bots × chats | messages | makespan s | pacing floor s | makespan / floor | 429s | bot CPU ms/msg "
@@ -179,7 +182,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in args.case:
         bots, chats = (int(n) for n in case.split("x"))
-        r = burst(bots, chats, args.model_delay, args.database_url)
+        r = burst(bots, chats, args.model_delay, args.database_url, args.processes)
         sessions = "" if r.new_sessions is None else str(r.new_sessions)
         server = "" if r.server_cpu_ms is None else f"{r.server_cpu_ms:.2f}"
         print(

@@ -1,5 +1,7 @@
 """`manage.py runbot`: configuration, a clean stop on SIGTERM, and exactly-once answers across a crash."""
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -24,11 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 class BotProcess:
     """`manage.py runbot` in a subprocess, its output collected in a file."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], name: str = "runbot") -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str], name: str = "runbot", args: tuple[str, ...] = ()) -> None:
         self.log_path = tmp_path / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runbot"], cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "manage.py", "runbot", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -54,6 +60,9 @@ class BotProcess:
 
     def kill(self) -> None:
         if self.process.poll() is None:
+            for child in children_of(self.process.pid):  # `--processes` children run in sessions of their own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             self.process.kill()
             self.process.wait(10)
         self._log.close()
@@ -206,3 +215,73 @@ def test_runbot_opens_no_database_connection_per_message(tmp_path, telegram: Fak
     # next reports its statistics, which for connections opened at start-up can be after `before` was read.
     assert sessions() - before <= 5
     assert bot.stop() == 0
+
+
+SECOND_TOKEN = "5550001:second-bot-token-0000000000000000000"
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def two_bots(telegram: FakeTelegram):
+    """The environment's bot and a second, open one that the fake Bot API serves too."""
+    telegram.add_bot(SECOND_TOKEN)
+    second = Bot(name="second", access_policy=AccessPolicy.OPEN)
+    second.token = SECOND_TOKEN
+    second.save()
+    return second
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bots_shared_among_processes_are_each_answered_and_stop_together(
+    tmp_path, telegram: FakeTelegram, fake_openai: FakeOpenAI, processes, two_bots
+):
+    """`runbot --processes 2` with two bots: two child processes run one bot each, both bots answer, and SIGTERM
+    to the parent stops both children and the parent with status 0."""
+    bot = BotProcess(tmp_path, subprocess_env(telegram=telegram, openai=fake_openai), args=("--processes", "2"))
+    processes.append(bot)
+    wait_until(lambda: bot.output.count("Jarvis is running 1 bot(s)") == 2, timeout=60, what="two children running")
+    children = children_of(bot.process.pid)
+    assert len(children) == 2
+    telegram.push_text(TOKEN, 920, "to the first")
+    telegram.push_text(SECOND_TOKEN, 921, "to the second")
+    wait_until(lambda: telegram.messages(TOKEN, 920) and telegram.messages(SECOND_TOKEN, 921), what="both answers")
+    assert [m.text for m in telegram.messages(SECOND_TOKEN, 921)] == ["Echo: to the second"]
+    assert bot.stop(signal.SIGTERM) == 0
+    assert not any(alive(child) for child in children)
+    assert "Traceback" not in bot.output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shared_bot_process_that_dies_stops_the_others_with_an_error(
+    tmp_path, telegram: FakeTelegram, fake_openai: FakeOpenAI, processes, two_bots
+):
+    """When one child dies by itself, the parent stops the other and exits with an error, for the process
+    manager to restart the whole set."""
+    bot = BotProcess(tmp_path, subprocess_env(telegram=telegram, openai=fake_openai), args=("--processes", "2"))
+    processes.append(bot)
+    wait_until(lambda: bot.output.count("Jarvis is running 1 bot(s)") == 2, timeout=60, what="two children running")
+    first, other = children_of(bot.process.pid)
+    os.kill(first, signal.SIGKILL)
+    assert bot.process.wait(30) != 0
+    wait_until(lambda: not alive(other), what="the other child to stop")
+    assert "exited by itself" in bot.output
