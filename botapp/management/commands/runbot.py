@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import signal
-import subprocess
+import os
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -20,8 +18,6 @@ from botapp.models import Bot
 from botapp.telegram.runner import BotsNotStarted, bots_run
 from botapp.telegram.services import bot_from_environment
 from botapp.telegram.webhook import WebhookError, webhooks_register
-
-logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -82,37 +78,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def _shares_run(self, count: int) -> None:
-        """Run the bots in `count` child processes, each its share; stop them all on SIGTERM or Ctrl-C, and all
-        of them (with an error, for the process manager to restart) when one exits by itself."""
+        """Become the supervisor of `count` child processes, each running its share of the bots."""
         manage = settings.BASE_DIR / "manage.py"
-        connections.close_all()  # this process only waits; the children open their own
-        logger.info("Sharing the bots among %d processes.", count)
-        children = [
-            # Each in its own session: a terminal's Ctrl-C reaches this process, which passes it on once.
-            subprocess.Popen([sys.executable, str(manage), "runbot", "--share", f"{i}/{count}"], start_new_session=True)
-            for i in range(count)
-        ]
-        stopping = False
-
-        def stop(signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signum)
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while all(child.poll() is None for child in children):
-                time.sleep(0.2)
-            asked = stopping
-            if not asked:
-                stop(signal.SIGTERM, None)
-            codes = [child.wait() for child in children]
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if not asked:
-            raise CommandError(f"A bot process exited by itself (exit statuses {codes}); the others were stopped.")
-        if any(codes):
-            raise CommandError(f"A bot process did not stop cleanly (exit statuses {codes}).")
+        supervisor = Path(__file__).resolve().parents[2] / "supervise.py"
+        connections.close_all()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        command = [sys.executable, str(manage), "runbot"]
+        # Replaced, not forked: the process manager keeps the process id it started.
+        # -I: botapp/ is not put on the path, where botapp/logging.py would stand for the standard library's.
+        os.execv(sys.executable, [sys.executable, "-I", str(supervisor), str(count), "--", *command])  # noqa: S606
