@@ -161,6 +161,16 @@ def conversation_answered(*, conversation_id: int, at: datetime, token: str) -> 
 # --- New rows --------------------------------------------------------------------------------------
 
 
+def _through_orm(model: type[Model], values: Sequence[Any]) -> bool:
+    """Whether a write must go through `save()`: receivers listen to the model's saves, or a value is an
+    expression only the ORM's compiler can turn into SQL."""
+    return (
+        signals.pre_save.has_listeners(model)
+        or signals.post_save.has_listeners(model)
+        or any(hasattr(value, "resolve_expression") for value in values)
+    )
+
+
 @cache
 def _insert_sql(model: type[Model], vendor: str, rows: int) -> tuple[str, tuple[Field[Any, Any], ...]]:
     """INSERT of `rows` rows of `model` (every concrete column but an automatic primary key), returning the keys."""
@@ -183,12 +193,7 @@ def insert(*objs: Model) -> None:
     model = type(objs[0])
     sql, fields = _insert_sql(model, connection.vendor, len(objs))
     values = [[field.pre_save(obj, add=True) for field in fields] for obj in objs]
-    through_orm = (
-        signals.pre_save.has_listeners(model)
-        or signals.post_save.has_listeners(model)
-        or any(hasattr(value, "resolve_expression") for row in values for value in row)
-    )
-    if through_orm:
+    if _through_orm(model, [value for row in values for value in row]):
         for obj in objs:
             obj.save(force_insert=True)
         return
@@ -220,11 +225,7 @@ def update(obj: Model, names: Sequence[str]) -> None:
     model = type(obj)
     sql, fields = _update_sql(model, connection.vendor, tuple(names))
     values = [field.pre_save(obj, add=False) for field in fields]
-    if (
-        signals.pre_save.has_listeners(model)
-        or signals.post_save.has_listeners(model)
-        or any(hasattr(value, "resolve_expression") for value in values)
-    ):
+    if _through_orm(model, values):
         obj.save(update_fields=list(names))
         return
     params = [field.get_db_prep_save(value, connection) for field, value in zip(fields, values, strict=True)]
